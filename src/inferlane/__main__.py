@@ -1,0 +1,5 @@
+import sys
+
+from inferlane.cli.main import main
+
+sys.exit(main())

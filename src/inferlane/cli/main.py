@@ -1,0 +1,111 @@
+"""The ``inferlane`` command: thin wrappers over the server, the core and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from inferlane import __version__
+from inferlane.core.errors import ConfigError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from inferlane.core.repository import scan_repository
+    from inferlane.server.app import run
+    from inferlane.server.settings import ServerSettings
+
+    settings = ServerSettings.from_env(model_repository=args.repository, host=args.host,
+                                       port=args.port, workers=args.workers, log_level=args.log_level)
+    scan_repository(settings.model_repository)  # fail fast, with the field at fault, before binding
+    run(settings)
+    return EXIT_OK
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from inferlane.core.model import ModelVersion
+    from inferlane.core.repository import scan_repository
+
+    entries = scan_repository(args.repository)
+    failed = 0
+    for entry in entries:
+        for version in entry.versions:
+            t0 = time.perf_counter()
+            try:
+                mv = ModelVersion.load(entry.config, entry.path, version)
+                forward = mv.warmup()
+                mv.close()
+            except ConfigError as e:
+                failed += 1
+                print(f"FAIL {entry.name} version {version}\n  {e.message}", file=sys.stderr)
+                continue
+            print(f"ok   {entry.name} version {version}: runtime {entry.config.runtime}, "
+                  f"loaded and warmed up in {(time.perf_counter() - t0) * 1e3:.0f} ms "
+                  f"(slowest warm-up forward {forward * 1e3:.1f} ms)")
+    if failed:
+        print(f"{failed} model version(s) failed validation", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        from inferlane.demo.run import run_demo
+    except ImportError as e:
+        print(f"the demo needs scikit-learn and skl2onnx: pip install 'inferlane[demo]' ({e})",
+              file=sys.stderr)
+        return EXIT_USAGE
+    return run_demo(workdir=args.workdir, requests=args.requests, concurrency=args.concurrency)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="inferlane",
+        description="Serve one trained model through every inference pattern.",
+        epilog="Exit codes: 0 success, 1 failure, 2 bad usage or configuration.")
+    p.add_argument("--version", action="version", version=f"inferlane {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="serve every model in a model repository over HTTP",
+                       description="Serve the Open Inference Protocol V2 REST API (and V1 :predict) "
+                                   "for every model in REPOSITORY, with dynamic batching.")
+    s.add_argument("repository", type=Path, help="model repository folder (<repo>/<name>/model.yaml)")
+    s.add_argument("--host", default=None, help="listen address (default 127.0.0.1, loopback only)")
+    s.add_argument("--port", type=int, default=None, help="TCP port (default 8000)")
+    s.add_argument("--workers", type=int, default=None, help="server processes (default 1)")
+    s.add_argument("--log-level", default=None,
+                   choices=["critical", "error", "warning", "info", "debug"], help="default info")
+    s.set_defaults(func=_serve)
+
+    m = sub.add_parser("models", help="model repository tools")
+    msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    v = msub.add_parser("validate", help="check every model.yaml and run each model's warm-up once")
+    v.add_argument("repository", type=Path)
+    v.set_defaults(func=_validate)
+
+    d = sub.add_parser("demo", help="train a fraud model, serve it, load-test it, show the error paths")
+    d.add_argument("--workdir", type=Path, default=None,
+                   help="where to write the model repository (default: a temporary folder)")
+    d.add_argument("--requests", type=int, default=4000, help="requests in the load burst")
+    d.add_argument("--concurrency", type=int, default=32, help="concurrent connections in the burst")
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as e:
+        print(e.message, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The model configuration (``<repo>/<name>/model.yaml``), validated with pydantic.
+
+A minimal ``model.yaml``::
+
+    runtime: onnx
+    inputs:
+      - {name: features, datatype: FP32, shape: [-1, 30]}
+    outputs:
+      - {name: probabilities, datatype: FP32, shape: [-1, 2]}
+
+The first dimension of every tensor is the batch dimension (``-1``); the others are fixed
+sizes or ``-1`` for variable length. Every field is documented below and in docs/model-config.md.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from inferlane.core.datatypes import DATATYPES
+from inferlane.core.errors import ConfigError
+
+RuntimeName = Literal["onnx", "sklearn", "python"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    name: str = Field(min_length=1, max_length=256)
+    """Tensor name, as used in requests and by the runtime."""
+    datatype: str
+    """Open Inference Protocol datatype: BOOL, INT8..INT64, UINT8..UINT64, FP16, FP32, FP64, BYTES."""
+    shape: tuple[int, ...] = Field(min_length=1)
+    """Full shape including the batch dimension first (``-1``); ``-1`` marks a variable dimension."""
+
+    @field_validator("datatype")
+    @classmethod
+    def _known_datatype(cls, v: str) -> str:
+        if v not in DATATYPES:
+            raise ValueError(f"unknown datatype {v!r}; use one of {', '.join(DATATYPES)}")
+        return v
+
+    @field_validator("shape")
+    @classmethod
+    def _valid_shape(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if v[0] != -1:
+            raise ValueError("the first dimension is the batch dimension and must be -1")
+        if any(d < -1 or d == 0 for d in v):
+            raise ValueError("dimensions must be positive sizes or -1 (variable)")
+        return v
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """Shape of one row (the shape without the batch dimension)."""
+        return self.shape[1:]
+
+    @property
+    def row_elements(self) -> int | None:
+        """Elements per row, or None when a dimension is variable."""
+        if any(d == -1 for d in self.row_shape):
+            return None
+        return math.prod(self.row_shape)
+
+
+class BatchingPolicy(_Strict):
+    max_batch_size: int = Field(default=64, ge=1, le=1_000_000)
+    """Most rows in one forward pass; a batch closes as soon as it holds this many."""
+    max_queue_delay_ms: float = Field(default=5.0, ge=0, le=60_000)
+    """Longest the oldest queued request waits for others before its batch closes."""
+    max_queue_size: int = Field(default=1024, ge=1, le=10_000_000)
+    """Most requests waiting per model version; past it requests get 503 with Retry-After."""
+    max_inflight_batches: int = Field(default=1, ge=1, le=64)
+    """Forward passes running at once for this model version."""
+    max_batch_elements: int | None = Field(default=None, ge=1)
+    """Memory budget: most tensor elements (all inputs) in one batch. Default: max_batch_size
+    rows of the declared shape, or 16M elements when a dimension is variable."""
+    enabled: bool = True
+    """False sends every request to the model alone (batch of one request)."""
+
+
+class Limits(_Strict):
+    max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    """Largest request body accepted, in bytes (413 beyond it, checked before reading)."""
+    max_elements_per_input: int = Field(default=4_000_000, ge=1)
+    """Most elements in one input tensor of one request (413 beyond it)."""
+
+
+class WarmupSpec(_Strict):
+    batch_sizes: tuple[int, ...] = (1,)
+    """Batch sizes generated from the signature and run once at load (variable dims become 1)."""
+    inputs: tuple[dict[str, Any], ...] = ()
+    """Explicit warm-up requests: mappings from input name to nested-list data; used instead of
+    generated inputs when given."""
+
+
+class ModelConfig(_Strict):
+    name: str = Field(default="", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$|^$")
+    """Model name; defaults to the folder name."""
+    runtime: RuntimeName = "onnx"
+    """onnx (ONNX Runtime), sklearn (skops, or joblib when trusted) or python (your class)."""
+    artifact: str | None = None
+    """File inside each version folder: defaults to model.onnx, model.skops or model.py."""
+    trusted: bool = False
+    """Allow pickle-based artifacts (joblib). Only for files you built yourself."""
+    trusted_types: tuple[str, ...] = ()
+    """Extra types skops may load (full dotted names), beyond its defaults."""
+    inputs: tuple[TensorSpec, ...] = Field(min_length=1)
+    """Request inputs; the batcher concatenates requests along the first dimension."""
+    outputs: tuple[TensorSpec, ...] = Field(min_length=1)
+    """Response outputs; each must have exactly one row per input row."""
+    batching: BatchingPolicy = BatchingPolicy()
+    limits: Limits = Limits()
+    timeout_ms: float = Field(default=10_000, gt=0, le=3_600_000)
+    """Default per-request deadline; a request may ask for less or more."""
+    warmup: WarmupSpec = WarmupSpec()
+    preprocess: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w]*:[A-Za-z_][\w]*$")
+    """``module:function`` in the model folder applied to each batch before the runtime."""
+    postprocess: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w]*:[A-Za-z_][\w]*$")
+    """``module:function`` in the model folder applied to each batch after the runtime."""
+    default_version: str | None = None
+    """Version served when a request names none; defaults to the highest version."""
+    onnx: OnnxOptions | None = None
+    """ONNX Runtime settings (threads, providers)."""
+    sklearn: SklearnOptions | None = None
+    """Which estimator method produces which output."""
+    python: PythonOptions | None = None
+    """Which class in the artifact is the model."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        for group, specs in (("inputs", self.inputs), ("outputs", self.outputs)):
+            names = [s.name for s in specs]
+            dupes = {n for n in names if names.count(n) > 1}
+            if dupes:
+                raise ValueError(f"{group}: duplicate tensor names {sorted(dupes)}")
+        if self.runtime == "sklearn" and len(self.inputs) != 1:
+            raise ValueError("runtime sklearn takes exactly one input (the feature matrix)")
+        return self
+
+    @property
+    def artifact_name(self) -> str:
+        return self.artifact or {"onnx": "model.onnx", "sklearn": "model.skops", "python": "model.py"}[
+            self.runtime
+        ]
+
+    @property
+    def batch_elements_budget(self) -> int:
+        if self.batching.max_batch_elements is not None:
+            return self.batching.max_batch_elements
+        per_row = [s.row_elements for s in self.inputs]
+        if any(e is None for e in per_row):
+            return 16_000_000
+        return self.batching.max_batch_size * max(1, sum(e for e in per_row if e is not None))
+
+
+class OnnxOptions(_Strict):
+    intra_op_num_threads: int = Field(default=0, ge=0, le=1024)
+    """Threads inside one operator; 0 lets ONNX Runtime pick (all cores)."""
+    inter_op_num_threads: int = Field(default=0, ge=0, le=1024)
+    """Threads across operators; 0 lets ONNX Runtime pick."""
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    """Execution providers in order of preference; unavailable ones are skipped."""
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+
+
+class SklearnOptions(_Strict):
+    methods: dict[str, str] = Field(default_factory=dict)
+    """Output name → estimator method (predict, predict_proba, decision_function, transform).
+    Default: the first output from predict_proba if the estimator has it, else predict."""
+
+
+class PythonOptions(_Strict):
+    class_name: str = Field(default="Model", alias="class", pattern=r"^[A-Za-z_]\w*$")
+    """Class in the artifact file; it has ``load(version_dir)`` and ``predict(batch)``."""
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+ModelConfig.model_rebuild()
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem, each naming the field path at fault."""
+    lines = [f"{source}: invalid model config"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path, default_name: str) -> ModelConfig:
+    """Read and validate a model.yaml; ConfigError names the file and each field at fault."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must be a mapping of fields, got {type(raw).__name__}")
+    raw.setdefault("name", default_name)
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path))) from e

@@ -1,0 +1,1 @@
+"""The inference patterns, each a small module over the core."""

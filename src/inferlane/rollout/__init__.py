@@ -1,0 +1,1 @@
+"""Loaded versions and how traffic reaches them."""

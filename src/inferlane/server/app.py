@@ -1,0 +1,85 @@
+"""Composition root: builds the registry, lanes and transports from settings, and runs them.
+
+    app = create_app(ServerSettings(model_repository=Path("models")))
+    run(settings)            # uvicorn with uvloop + httptools; SIGTERM drains then exits 0
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+import uvicorn
+from starlette.applications import Starlette
+
+from inferlane.core.metrics import Metrics
+from inferlane.lanes.online import OnlineLane
+from inferlane.rollout.registry import ModelRegistry
+from inferlane.server.settings import ServerSettings
+from inferlane.transport.http.app import build_http_app
+
+log = logging.getLogger("inferlane.server")
+
+
+def create_app(settings: ServerSettings) -> Starlette:
+    """The ASGI app. Models load in the background after start-up: the server is live at once
+    and ready (``/v2/health/ready``) only once every version has loaded and warmed up."""
+    metrics = Metrics()
+    registry = ModelRegistry.from_repository(settings.model_repository,
+                                             observer_factory=metrics.batch_observer)
+    lane = OnlineLane(registry, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async def load() -> None:
+            # Errors are logged and kept in registry.load_error; readiness stays false.
+            with contextlib.suppress(Exception):
+                await registry.load_all()
+
+        loader = asyncio.get_running_loop().create_task(load())
+        try:
+            yield
+        finally:
+            loader.cancel()
+            await registry.close()
+
+    app = build_http_app(lane, lifespan)
+    app.state.registry = registry
+    app.state.metrics = metrics
+    return app
+
+
+def app_from_env() -> Starlette:
+    """Factory for uvicorn worker processes (``--workers N``): settings come from INFERLANE_*."""
+    return create_app(ServerSettings.from_env())
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def run(settings: ServerSettings) -> None:
+    """Serve until SIGINT/SIGTERM; uvicorn stops accepting, finishes in-flight requests, exits 0."""
+    # NOTE: uvicorn captures SIGTERM while serving, drains, then re-raises it with the previous
+    # handler restored; this handler turns that re-raise into a clean exit 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    common = {
+        "host": settings.host, "port": settings.port, "loop": "uvloop", "http": "httptools",
+        "access_log": False, "log_level": settings.log_level, "lifespan": "on",
+        "timeout_graceful_shutdown": settings.graceful_timeout_s,
+        "server_header": False,
+    }
+    if settings.workers > 1:
+        import os
+
+        os.environ.update(settings.to_env())
+        uvicorn.run("inferlane.server.app:app_from_env", factory=True, workers=settings.workers,
+                    **common)  # type: ignore[arg-type]
+        return
+    app = create_app(settings)
+    uvicorn.run(app, **common)  # type: ignore[arg-type]

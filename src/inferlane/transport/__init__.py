@@ -1,0 +1,1 @@
+"""Transports: parse, call a lane, map errors. No business logic lives here."""

@@ -1,0 +1,1 @@
+"""Open Inference Protocol V2 REST (plus the V1 ``:predict`` form) over Starlette."""

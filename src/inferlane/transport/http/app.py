@@ -1,0 +1,219 @@
+"""HTTP routes: Open Inference Protocol V2 REST, the V1 ``:predict`` form, health, metrics, docs.
+
+Routes parse and encode only; the online lane does the work and raises InferlaneError, which
+one handler maps to the status in DESIGN.md ("Error semantics") with ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from inferlane import __version__
+from inferlane.core.errors import (
+    InferlaneError,
+    InvalidInput,
+    ModelNotFound,
+    PayloadTooLarge,
+    QueueFull,
+)
+from inferlane.core.spec import ModelConfig
+from inferlane.lanes.online import OnlineLane, OnlineResult
+from inferlane.transport.http import codec
+from inferlane.transport.http.openapi import openapi_document, swagger_html
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+TIMEOUT_HEADER = "inferlane-timeout-ms"
+EXTENSIONS = ["binary_tensor_data", "parameters", "statistics"]
+
+
+def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(doc), status, headers=headers, media_type=JSON)
+
+
+def error_response(e: InferlaneError) -> Response:
+    headers = {"Retry-After": str(e.retry_after)} if isinstance(e, QueueFull) else None
+    return _json({"error": e.message}, e.http_status, headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing anything over ``limit`` bytes before reading it where possible."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise InvalidInput("Content-Length must be a number")
+        if int(length) > limit:
+            raise PayloadTooLarge(f"body of {length} bytes exceeds the model's limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds the model's limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _timeout_s(request: Request, parameters: dict[str, Any]) -> float | None:
+    """Header ``inferlane-timeout-ms`` (milliseconds) or parameter ``timeout`` (microseconds,
+    as Triton clients send it); the smaller wins."""
+    found: list[float] = []
+    header = request.headers.get(TIMEOUT_HEADER)
+    if header is not None:
+        try:
+            ms = float(header)
+        except ValueError:
+            raise InvalidInput(f"{TIMEOUT_HEADER} must be a number of milliseconds") from None
+        if not ms >= 0 or ms > 3_600_000:
+            raise InvalidInput(f"{TIMEOUT_HEADER} must be between 0 and 3600000")
+        found.append(ms / 1000.0)
+    t = parameters.get("timeout")
+    if t is not None:
+        if isinstance(t, bool) or not isinstance(t, int | float) or not t >= 0 or t > 3.6e9:
+            raise InvalidInput("parameters.timeout must be microseconds between 0 and 3.6e9")
+        found.append(t / 1e6)
+    return min(found) if found else None
+
+
+def _server_timing(r: OnlineResult) -> str:
+    p = r.prediction
+    return (f"queue;dur={p.queue_s * 1e3:.3f}, forward;dur={p.forward_s * 1e3:.3f}, "
+            f"total;dur={r.total_s * 1e3:.3f}, batch;desc=\"{p.batch_rows} rows\"")
+
+
+def _metadata(name: str, versions: list[str], config: ModelConfig) -> dict[str, Any]:
+    return {
+        "name": name,
+        "versions": versions,
+        "platform": {"onnx": "onnxruntime_onnx", "sklearn": "sklearn", "python": "python"}[config.runtime],
+        "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in config.inputs],
+        "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in config.outputs],
+    }
+
+
+def build_http_app(lane: OnlineLane, lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]]
+                   | None = None) -> Starlette:
+    registry = lane.registry
+    metrics = lane.metrics
+
+    def entry(request: Request) -> Any:
+        name = request.path_params["name"]
+        e = registry.entries.get(name)
+        if e is None:
+            raise ModelNotFound(f"unknown model {name!r}")
+        v = request.path_params.get("version")
+        if v is not None and v not in e.versions:
+            raise ModelNotFound(f"model {name!r} has no version {v!r} (versions: {list(e.versions)})")
+        return e
+
+    async def server_metadata(request: Request) -> Response:
+        return _json({"name": "inferlane", "version": __version__, "extensions": EXTENSIONS})
+
+    async def live(request: Request) -> Response:
+        return _json({"live": True})
+
+    async def ready(request: Request) -> Response:
+        doc: dict[str, Any] = {"ready": registry.ready}
+        if registry.load_error:
+            doc["error"] = registry.load_error
+        return _json(doc, 200 if registry.ready else 503)
+
+    async def model_metadata(request: Request) -> Response:
+        e = entry(request)
+        v = request.path_params.get("version")
+        return _json(_metadata(e.name, [v] if v else list(e.versions), e.config))
+
+    async def model_ready(request: Request) -> Response:
+        e = entry(request)
+        ok = registry.is_ready(e.name, request.path_params.get("version"))
+        return _json({"name": e.name, "ready": ok}, 200 if ok else 503)
+
+    async def infer(request: Request) -> Response:
+        e = entry(request)
+        body = await read_body(request, e.config.limits.max_request_bytes)
+        hl = request.headers.get(codec.HEADER_LENGTH)
+        if hl is not None and not hl.isdigit():
+            raise InvalidInput(f"{codec.HEADER_LENGTH} must be a number")
+        req = codec.parse_infer_request(body, int(hl) if hl is not None else None,
+                                        e.config.limits.max_elements_per_input)
+        codec.check_requested_outputs(req, e.config)
+        result = await lane.infer(e.name, request.path_params.get("version"), req.inputs,
+                                  _timeout_s(request, req.parameters))
+        out, header_len = codec.encode_infer_response(
+            result.model.name, result.model.version, result.prediction.outputs, req)
+        headers = {"Server-Timing": _server_timing(result)}
+        if header_len is not None:
+            headers[codec.HEADER_LENGTH] = str(header_len)
+            return Response(out, headers=headers, media_type="application/octet-stream")
+        return Response(out, headers=headers, media_type=JSON)
+
+    async def v1_predict(request: Request) -> Response:
+        e = entry(request)
+        body = await read_body(request, e.config.limits.max_request_bytes)
+        inputs = codec.parse_v1_instances(body, e.config)
+        result = await lane.infer(e.name, request.path_params.get("version"), inputs,
+                                  _timeout_s(request, {}))
+        return Response(codec.encode_v1_predictions(result.prediction.outputs),
+                        headers={"Server-Timing": _server_timing(result)}, media_type=JSON)
+
+    async def prometheus(request: Request) -> Response:
+        for mv in registry.loaded():
+            if mv.batcher is not None:
+                metrics.queue_depth.labels(mv.name, mv.version, "online").set(mv.batcher.queue_depth)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(request: Request) -> Response:
+        return _json(openapi_document())
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(swagger_html("/openapi.json"))
+
+    routes = [
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2/models/{name}", model_metadata, methods=["GET"]),
+        Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
+        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}", model_metadata, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/ready", model_ready, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
+        Route("/v1/models/{name}:predict", v1_predict, methods=["POST"]),
+        Route("/v1/models/{name}/versions/{version}:predict", v1_predict, methods=["POST"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/docs", docs, methods=["GET"]),
+    ]
+
+    async def inferlane_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, InferlaneError)
+        return error_response(exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _json({"error": exc.detail}, exc.status_code, dict(exc.headers or {}))
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _json({"error": f"internal error: {type(exc).__name__}"}, 500)
+
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={InferlaneError: inferlane_error, HTTPException: http_error,
+                            Exception: unexpected},
+    )
+
+
