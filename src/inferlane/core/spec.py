@@ -28,7 +28,8 @@ RuntimeName = Literal["onnx", "sklearn", "python"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Field docstrings become descriptions: docs/model-config.md is generated from them.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class TensorSpec(_Strict):
@@ -115,10 +116,13 @@ class ModelConfig(_Strict):
     outputs: tuple[TensorSpec, ...] = Field(min_length=1)
     """Response outputs; each must have exactly one row per input row."""
     batching: BatchingPolicy = BatchingPolicy()
+    """How requests are grouped into forward passes (see below)."""
     limits: Limits = Limits()
+    """Size limits checked before any model time is spent (see below)."""
     timeout_ms: float = Field(default=10_000, gt=0, le=3_600_000)
     """Default per-request deadline; a request may ask for less or more."""
     warmup: WarmupSpec = WarmupSpec()
+    """Inputs run once at load; the server is ready only after every warm-up succeeded."""
     preprocess: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w]*:[A-Za-z_][\w]*$")
     """``module:function`` in the model folder applied to each batch before the runtime."""
     postprocess: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w]*:[A-Za-z_][\w]*$")
@@ -167,6 +171,7 @@ class OnnxOptions(_Strict):
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     """Execution providers in order of preference; unavailable ones are skipped."""
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    """ONNX Runtime graph optimizations applied at load."""
 
 
 class SklearnOptions(_Strict):
@@ -178,7 +183,8 @@ class SklearnOptions(_Strict):
 class PythonOptions(_Strict):
     class_name: str = Field(default="Model", alias="class", pattern=r"^[A-Za-z_]\w*$")
     """Class in the artifact file; it has ``load(version_dir)`` and ``predict(batch)``."""
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              use_attribute_docstrings=True)
 
 
 ModelConfig.model_rebuild()

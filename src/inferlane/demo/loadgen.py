@@ -55,7 +55,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
 
 
 async def run_load(host: str, port: int, requests: list[bytes], concurrency: int,
-                   keep_headers: bool = False, timeout: float = 60.0) -> LoadResult:
+                   keep_headers: bool = False, request_timeout: float = 60.0) -> LoadResult:
     """Send pre-built raw requests over ``concurrency`` connections; each connection sends its
     next request when the previous response arrived."""
     result = LoadResult()
@@ -67,7 +67,7 @@ async def run_load(host: str, port: int, requests: list[bytes], concurrency: int
             for raw in it:
                 t0 = time.perf_counter()
                 writer.write(raw)
-                status, hdrs, _ = await asyncio.wait_for(_read_response(reader), timeout)
+                status, hdrs, _ = await asyncio.wait_for(_read_response(reader), request_timeout)
                 result.latencies.append(time.perf_counter() - t0)
                 result.statuses[status] += 1
                 if keep_headers:

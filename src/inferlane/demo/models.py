@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def mlp_onnx_bytes(hidden: tuple[int, ...], n_in: int = N_FEATURES, n_out: int =
     dims = (n_in, *hidden, n_out)
     nodes, inits = [], []
     prev = "x"
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(dims)):
         w = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
         bias = np.zeros(b, dtype=np.float32)
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(bias, f"b{i}")]

@@ -40,9 +40,11 @@ def start_server(repo: Path, port: int, *, extra: list[str] | None = None,
     """``prefix`` runs the server under another command (e.g. ``taskset -c 1``)."""
     cmd = [*(prefix or []), sys.executable, "-m", "inferlane", "serve", str(repo),
            "--port", str(port), "--log-level", "warning", *(extra or [])]
-    out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})})
+    full_env = {**os.environ, **(env or {})}
+    if log_path is None:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=full_env)
+    with open(log_path, "wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
 
 
 def stop_server(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:

@@ -1,0 +1,88 @@
+"""Shared fixtures: a model repository built once per session and a real server subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from inferlane.demo.models import write_fraud_model
+from inferlane.demo.serverproc import free_port, start_server, stop_server, wait_ready
+
+SLOW_MODEL = textwrap.dedent('''
+    import time
+    import numpy as np
+
+    class Model:
+        def load(self, version_dir):
+            self.delay = float((version_dir / "delay.txt").read_text())
+
+        def predict(self, batch):
+            time.sleep(self.delay)
+            return {"y": batch["x"] * 2.0}
+''')
+
+
+def write_slow_model(repo: Path, name: str = "slow", delay: float = 0.05, **batching: object) -> Path:
+    """A Python-class model that sleeps ``delay`` seconds per batch (for queueing and deadlines)."""
+    d = repo / name
+    (d / "1").mkdir(parents=True, exist_ok=True)
+    (d / "1" / "model.py").write_text(SLOW_MODEL)
+    (d / "1" / "delay.txt").write_text(str(delay))
+    cfg = {
+        "runtime": "python",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
+        "batching": {"max_batch_size": 1, "max_queue_size": 4, "max_queue_delay_ms": 0, **batching},
+        "timeout_ms": 5000,
+        "warmup": {"batch_sizes": [1]},
+    }
+    (d / "model.yaml").write_text(yaml.safe_dump(cfg))
+    return d
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fraud (ONNX, sklearn-trained) and slow (Python class, 50 ms per batch)."""
+    repo = tmp_path_factory.mktemp("models")
+    write_fraud_model(repo, rows=4000)
+    write_slow_model(repo)
+    return repo
+
+
+@dataclass
+class Server:
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def _serve(repo: Path, log: Path, extra: list[str] | None = None) -> Iterator[Server]:
+    port = free_port()
+    proc = start_server(repo, port, log_path=log, extra=extra)
+    try:
+        wait_ready(port, proc)
+    except Exception:
+        stop_server(proc)
+        raise RuntimeError(f"server did not start:\n{log.read_text()}") from None
+    yield Server(port, proc, log)
+    stop_server(proc)
+
+
+@pytest.fixture(scope="session")
+def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``inferlane serve`` on a free port, shared by the end-to-end tests (read-only use)."""
+    yield from _serve(model_repo, tmp_path_factory.mktemp("log") / "server.log")

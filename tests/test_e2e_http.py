@@ -1,0 +1,239 @@
+"""End to end: `inferlane serve` as a subprocess on a free port, driven over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import tritonclient.http as triton
+import yaml
+
+from inferlane.core.model import ModelVersion
+from inferlane.core.repository import scan_model
+from inferlane.demo.loadgen import build_request, run_load
+from inferlane.demo.models import synthetic_transactions
+from inferlane.demo.serverproc import free_port, start_server, stop_server, wait_ready
+from tests.conftest import Server, write_slow_model
+
+pytestmark = pytest.mark.e2e
+
+
+def v2_body(x: np.ndarray, name: str = "features", **extra: object) -> bytes:
+    return orjson.dumps({"inputs": [{"name": name, "datatype": "FP32", "shape": list(x.shape),
+                                     "data": x.ravel().tolist()}], **extra})
+
+
+def direct(model_repo: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+    entry = scan_model(model_repo / "fraud")
+    return ModelVersion.load(entry.config, entry.path, "1").forward({"features": x})
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_infer_matches_the_model(server: Server, model_repo: Path, binary: bool) -> None:
+    client = triton.InferenceServerClient(url=server.address)
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("fraud")
+    assert client.is_model_ready("fraud", "1")
+    meta = client.get_model_metadata("fraud")
+    assert meta["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 30]}]
+    assert [o["name"] for o in meta["outputs"]] == ["label", "probabilities"]
+
+    x, _ = synthetic_transactions(5, seed=21)
+    inp = triton.InferInput("features", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    outs = [triton.InferRequestedOutput(n, binary_data=binary) for n in ("probabilities", "label")]
+    result = client.infer("fraud", [inp], outputs=outs, request_id="req-42")
+    want = direct(model_repo, x)
+    assert result.get_response()["id"] == "req-42"
+    assert result.get_response()["model_version"] == "1"
+    assert np.array_equal(result.as_numpy("probabilities"), want["probabilities"])
+    assert np.array_equal(result.as_numpy("label"), want["label"])
+    client.close()
+
+
+def test_v1_predict(server: Server, model_repo: Path) -> None:
+    x, _ = synthetic_transactions(3, seed=22)
+    r = httpx.post(f"{server.url}/v1/models/fraud:predict", content=orjson.dumps({"instances": x.tolist()}))
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    want = direct(model_repo, x)
+    assert len(preds) == 3
+    for i, p in enumerate(preds):
+        assert p["label"] == int(want["label"][i])
+        assert np.array_equal(np.asarray(p["probabilities"], np.float32), want["probabilities"][i])
+    r1 = httpx.post(f"{server.url}/v1/models/fraud/versions/1:predict",
+                    content=orjson.dumps({"instances": [{"features": x[0].tolist()}]}))
+    assert r1.status_code == 200
+    assert r1.json()["predictions"][0]["label"] == int(want["label"][0])
+
+
+def _batch_histogram(text: str, model: str) -> tuple[float, float]:
+    """(batches of size 1, all batches) for the model."""
+    ones = total = 0.0
+    for line in text.splitlines():
+        if not line.startswith("inferlane_batch_size") or f'model="{model}"' not in line:
+            continue
+        if line.startswith("inferlane_batch_size_bucket") and 'le="1.0"' in line:
+            ones = float(line.rsplit(" ", 1)[1])
+        if line.startswith("inferlane_batch_size_count"):
+            total = float(line.rsplit(" ", 1)[1])
+    return ones, total
+
+
+def test_concurrent_burst_forms_batches_larger_than_one(server: Server) -> None:
+    x, _ = synthetic_transactions(600, seed=23)
+    reqs = [build_request("127.0.0.1", server.port, "/v2/models/fraud/infer", v2_body(x[i:i + 1]))
+            for i in range(len(x))]
+    res = asyncio.run(run_load("127.0.0.1", server.port, reqs, concurrency=48, keep_headers=True))
+    assert res.statuses == {200: 600}
+    timing = res.headers[0]["server-timing"]
+    assert re.match(r"queue;dur=[\d.]+, forward;dur=[\d.]+, total;dur=[\d.]+", timing)
+    metrics = httpx.get(f"{server.url}/metrics").text
+    ones, total = _batch_histogram(metrics, "fraud")
+    assert total > ones, "every batch had one row: no batching happened"
+    assert 'inferlane_requests_total{lane="online",model="fraud",status="200",version="1"}' in metrics
+    for series in ("inferlane_queue_wait_seconds_bucket", "inferlane_forward_seconds_bucket",
+                   "inferlane_request_duration_seconds_bucket", "inferlane_queue_depth",
+                   "inferlane_inflight_batches"):
+        assert series in metrics
+
+
+def test_error_statuses_and_health_afterwards(server: Server) -> None:
+    url = f"{server.url}/v2/models/fraud/infer"
+    x = np.zeros((1, 30), np.float32)
+    r = httpx.post(url, content=b"{" + b" " * (2 * 1024 * 1024) + b"}")
+    assert r.status_code == 413
+    assert "exceeds the model's limit" in r.json()["error"]
+    bad_dtype = orjson.dumps({"inputs": [{"name": "features", "datatype": "FP64", "shape": [1, 30],
+                                          "data": [0.0] * 30}]})
+    r = httpx.post(url, content=bad_dtype)
+    assert r.status_code == 400
+    assert "datatype must be FP32" in r.json()["error"]
+    r = httpx.post(url, content=v2_body(np.zeros((1, 29), np.float32)))
+    assert r.status_code == 400
+    assert "shape [1, 29] does not match [-1, 30]" in r.json()["error"]
+    r = httpx.post(url, content=v2_body(x, name="feature"))
+    assert r.status_code == 400
+    assert "unexpected ['feature']" in r.json()["error"]
+    r = httpx.post(f"{server.url}/v2/models/nope/infer", content=v2_body(x))
+    assert r.status_code == 404
+    r = httpx.post(f"{server.url}/v2/models/fraud/versions/9/infer", content=v2_body(x))
+    assert r.status_code == 404
+    r = httpx.post(url, content=v2_body(x), headers={"inferlane-timeout-ms": "0"})
+    assert r.status_code == 504
+
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+    r = httpx.post(url, content=v2_body(x, id="after"))
+    assert r.status_code == 200
+    assert r.json()["id"] == "after"
+
+
+def test_queue_overflow_is_503_with_retry_after_and_deadlines_504(server: Server) -> None:
+    body = v2_body(np.ones((1, 4), np.float32), name="x")
+    reqs = [build_request("127.0.0.1", server.port, "/v2/models/slow/infer", body) for _ in range(24)]
+    res = asyncio.run(run_load("127.0.0.1", server.port, reqs, concurrency=24, keep_headers=True))
+    assert res.statuses[503] > 0, res.statuses
+    assert res.statuses[200] > 0
+    assert all(h.get("retry-after", "").isdigit() for h in res.headers if "retry-after" in h)
+    assert sum("retry-after" in h for h in res.headers) == res.statuses[503]
+
+    # 50 ms per batch, one at a time: the third of three 80 ms requests cannot finish in time.
+    timed = [build_request("127.0.0.1", server.port, "/v2/models/slow/infer", body,
+                           {"inferlane-timeout-ms": "80"}) for _ in range(3)]
+    res = asyncio.run(run_load("127.0.0.1", server.port, timed, concurrency=3))
+    assert res.statuses[504] >= 1, res.statuses
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+
+
+def test_server_metadata_and_docs(server: Server) -> None:
+    meta = httpx.get(f"{server.url}/v2").json()
+    assert meta["name"] == "inferlane"
+    assert "binary_tensor_data" in meta["extensions"]
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    assert "/v2/models/{name}/infer" in spec["paths"]
+    assert "swagger-ui" in httpx.get(f"{server.url}/docs").text
+
+
+LOADING_MODEL = textwrap.dedent('''
+    import time
+
+    class Model:
+        def load(self, version_dir):
+            time.sleep(1.5)
+
+        def predict(self, batch):
+            time.sleep(0.3)
+            return {"y": batch["x"]}
+''')
+
+
+def test_readiness_waits_for_warmup_and_sigterm_drains_in_flight(tmp_path: Path) -> None:
+    d = write_slow_model(tmp_path, "sleepy", delay=0.3, max_batch_size=8, max_queue_delay_ms=1)
+    (d / "1" / "model.py").write_text(LOADING_MODEL)
+    port = free_port()
+    proc = start_server(tmp_path, port, log_path=tmp_path / "log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                live = httpx.get(f"{url}/v2/health/live")
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert live.status_code == 200
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 503  # still loading
+        r = httpx.post(f"{url}/v2/models/sleepy/infer", content=v2_body(np.ones((1, 4), np.float32), name="x"))
+        assert r.status_code == 503
+        wait_ready(port, proc)
+
+        async def in_flight_then_sigterm() -> list[int]:
+            async with httpx.AsyncClient(timeout=10) as c:
+                body = v2_body(np.ones((1, 4), np.float32), name="x")
+                tasks = [asyncio.ensure_future(c.post(f"{url}/v2/models/sleepy/infer", content=body))
+                         for _ in range(4)]
+                await asyncio.sleep(0.1)
+                proc.send_signal(signal.SIGTERM)
+                return [r.status_code for r in await asyncio.gather(*tasks)]
+
+        assert asyncio.run(in_flight_then_sigterm()) == [200, 200, 200, 200]
+        assert proc.wait(15) == 0
+    finally:
+        stop_server(proc)
+
+
+def test_several_workers_serve_the_same_port(model_repo: Path, tmp_path: Path) -> None:
+    port = free_port()
+    proc = start_server(model_repo, port, extra=["--workers", "2"], log_path=tmp_path / "log")
+    try:
+        wait_ready(port, proc)
+        x = np.zeros((1, 30), np.float32)
+        with httpx.Client() as c:
+            codes = {c.post(f"http://127.0.0.1:{port}/v2/models/fraud/infer", content=v2_body(x)).status_code
+                     for _ in range(10)}
+        assert codes == {200}
+    finally:
+        assert stop_server(proc) == 0
+
+
+def test_serve_refuses_a_bad_repository_with_the_field_named(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    d = write_slow_model(tmp_path)
+    cfg = yaml.safe_load((d / "model.yaml").read_text())
+    cfg["batching"]["max_queue_size"] = -1
+    (d / "model.yaml").write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([sys.executable, "-m", "inferlane", "serve", str(tmp_path), "--port", "0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "batching.max_queue_size: Input should be greater than or equal to 1" in r.stderr
