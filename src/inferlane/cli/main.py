@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["critical", "error", "warning", "info", "debug"], help="default info")
     s.set_defaults(func=_serve)
 
+    from inferlane.cli import batch
+
+    batch.add_parser(sub)
+
     m = sub.add_parser("models", help="model repository tools")
     msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     v = msub.add_parser("validate", help="check every model.yaml and run each model's warm-up once")
@@ -95,12 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _extra(e: ImportError) -> str:
+    name = (e.name or "").split(".")[0]
+    return {"pyarrow": "batch", "tqdm": "batch", "psycopg": "batch", "croniter": "batch",
+            "ray": "ray", "sklearn": "sklearn", "skops": "sklearn", "skl2onnx": "sklearn"}.get(name, "all")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
     except ConfigError as e:
         print(e.message, file=sys.stderr)
+        return EXIT_USAGE
+    except ImportError as e:
+        print(f"{e}\nThis command needs an optional dependency: pip install 'inferlane[{_extra(e)}]'",
+              file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -1,0 +1,257 @@
+"""Batch inputs: resolve files (local or object store), plan shards, read a shard.
+
+A shard is a row range of one file. Parquet shards follow row-group boundaries so a shard is
+read without touching the rest of the file; CSV and JSONL shards are row ranges found by one
+counting pass. The plan is deterministic for the same input files, so a re-run of a job
+finds the same shards.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import posixpath
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from inferlane.core.errors import ConfigError
+
+Format = Literal["parquet", "csv", "jsonl"]
+_SUFFIXES: dict[str, Format] = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv",
+                                ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    path: str
+    """Path inside its filesystem (no scheme)."""
+    size: int
+    mtime_ns: int
+    format: Format
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Rows [start, stop) of one file."""
+
+    id: str
+    file: InputFile
+    start: int
+    stop: int
+    row_groups: tuple[int, ...] = ()
+    """Parquet row groups covering the range (first group starts at ``start``)."""
+    byte_start: int = 0
+    """CSV/JSONL: offset of the shard's first line."""
+    byte_stop: int = 0
+    """CSV/JSONL: offset just past the shard's last line."""
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["row_groups"] = list(self.row_groups)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Shard:
+        return cls(d["id"], InputFile(**d["file"]), d["start"], d["stop"], tuple(d["row_groups"]),
+                   d["byte_start"], d["byte_stop"])
+
+
+def filesystem_for(uri: str, endpoint_url: str | None = None) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path or an ``s3://bucket/key`` URI."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        kwargs: dict[str, Any] = {}
+        if endpoint_url:
+            ep = urlparse(endpoint_url)
+            kwargs["endpoint_override"] = ep.netloc or ep.path
+            kwargs["scheme"] = ep.scheme or "https"
+        return pafs.S3FileSystem(**kwargs), parsed.netloc + parsed.path
+    if parsed.scheme not in ("", "file"):
+        raise ConfigError(f"{uri}: unsupported scheme {parsed.scheme!r} (use a local path or s3://)")
+    return pafs.LocalFileSystem(), pafs.LocalFileSystem().normalize_path(
+        parsed.path if parsed.scheme == "file" else uri)
+
+
+def _format_of(path: str, forced: Format | None) -> Format | None:
+    if forced:
+        return forced
+    return _SUFFIXES.get(posixpath.splitext(path)[1].lower())
+
+
+def list_inputs(uri: str, fs: pafs.FileSystem, path: str, forced: Format | None = None) -> list[InputFile]:
+    """One file, every data file in a folder (recursively), or a glob (``*`` ``?`` ``[]``)."""
+    if any(c in path for c in "*?["):
+        base = path[: min(path.index(c) for c in "*?[" if c in path)].rsplit("/", 1)[0] or "/"
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        infos = [i for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path)]
+    else:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise ConfigError(f"{uri}: input not found")
+        if info.type == pafs.FileType.Directory:
+            infos = [i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                     if i.type == pafs.FileType.File]
+        else:
+            infos = [info]
+    files = []
+    for i in sorted(infos, key=lambda i: i.path):
+        name = posixpath.basename(i.path)
+        if name.startswith((".", "_")):
+            continue
+        fmt = _format_of(i.path, forced)
+        if fmt is None:
+            continue
+        files.append(InputFile(i.path, int(i.size or 0), int(i.mtime_ns or 0), fmt))
+    if not files:
+        raise ConfigError(f"{uri}: no Parquet, CSV or JSONL files found")
+    return files
+
+
+def _line_offsets(fs: pafs.FileSystem, f: InputFile, every: int, skip_header: bool) -> list[int]:
+    """Byte offsets where data lines 0, every, 2*every, ... begin, then the file's size."""
+    starts = [np.zeros(1, dtype=np.int64)]
+    pos = 0
+    with fs.open_input_stream(f.path) as s:
+        while chunk := s.read(16 << 20):
+            nl = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10)
+            starts.append(nl.astype(np.int64) + (pos + 1))
+            pos += len(chunk)
+    lines = np.concatenate(starts)
+    lines = lines[lines < pos]  # a final newline starts no line
+    data = lines[1:] if skip_header else lines
+    return [int(x) for x in data[::every]] + [pos]
+
+
+def plan_shards(fs: pafs.FileSystem, files: list[InputFile], shard_rows: int) -> list[Shard]:
+    shards: list[Shard] = []
+    for fi, f in enumerate(files):
+        if f.format == "parquet":
+            with fs.open_input_file(f.path) as fh:
+                md = pq.ParquetFile(fh).metadata
+            start = 0
+            group: list[int] = []
+            rows = 0
+            for g in range(md.num_row_groups):
+                group.append(g)
+                rows += md.row_group(g).num_rows
+                if rows >= shard_rows or g == md.num_row_groups - 1:
+                    shards.append(Shard(f"{fi:05d}-{start:012d}", f, start, start + rows, tuple(group)))
+                    start += rows
+                    group, rows = [], 0
+        else:
+            offsets = _line_offsets(fs, f, shard_rows, skip_header=f.format == "csv")
+            for k in range(len(offsets) - 1):
+                start = k * shard_rows
+                shards.append(Shard(f"{fi:05d}-{start:012d}", f, start, start + shard_rows, (),
+                                    offsets[k], offsets[k + 1]))
+    return shards
+
+
+def plan_fingerprint(files: list[InputFile], shard_rows: int) -> str:
+    h = hashlib.sha256(str(shard_rows).encode())
+    for f in files:
+        h.update(f"{f.path}\0{f.size}\0{f.mtime_ns}\0{f.format}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _csv_header(fs: pafs.FileSystem, f: InputFile) -> list[str]:
+    import csv
+    import io
+
+    with fs.open_input_stream(f.path) as s:
+        head = s.read(1 << 20)
+    first = head.split(b"\n", 1)[0].decode("utf-8-sig").rstrip("\r")
+    return next(csv.reader(io.StringIO(first)))
+
+
+@dataclass(slots=True)
+class ShardData:
+    """What reading a shard gives: record batches plus rows that could not even be parsed."""
+
+    batches: list[pa.RecordBatch]
+    unparsable: list[tuple[int, str]]
+    """(row number in the file, reason) for malformed lines."""
+
+
+def read_shard(fs: pafs.FileSystem, shard: Shard, batch_rows: int) -> ShardData:
+    """Read the shard's rows, as record batches of at most ``batch_rows`` rows."""
+    f = shard.file
+    if f.format == "parquet":
+        with fs.open_input_file(f.path) as fh:
+            pf = pq.ParquetFile(fh)
+            batches = list(pf.iter_batches(batch_size=batch_rows, row_groups=list(shard.row_groups),
+                                           use_threads=False))
+        return ShardData(batches, [])
+    with fs.open_input_file(f.path) as fh:
+        raw = fh.read_at(shard.byte_stop - shard.byte_start, shard.byte_start)
+    if f.format == "csv":
+        return _parse_csv(raw, _csv_header(fs, f), shard.start, batch_rows)
+    return _parse_jsonl(raw, shard.start, batch_rows)
+
+
+def _parse_csv(raw: bytes, names: list[str], first_row: int, batch_rows: int) -> ShardData:
+    bad: list[tuple[int, str]] = []
+
+    def on_invalid(row: Any) -> str:
+        # pyarrow gives the line number only in some versions; -1 means unknown.
+        number = first_row + row.number - 1 if row.number else -1
+        bad.append((number, f"malformed CSV line: {row.text[:200]!r}"))
+        return "skip"
+
+    table = pacsv.read_csv(
+        pa.BufferReader(raw),
+        read_options=pacsv.ReadOptions(column_names=names, block_size=16 << 20),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+        # Every column is read as text; features.py casts and rejects row by row.
+        convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                             strings_can_be_null=True))
+    return ShardData(table.to_batches(max_chunksize=batch_rows), bad)
+
+
+def _parse_jsonl(raw: bytes, first_row: int, batch_rows: int) -> ShardData:
+    import orjson
+
+    rows: list[dict[str, Any]] = []
+    bad: list[tuple[int, str]] = []
+    for i, line in enumerate(raw.split(b"\n")):
+        if not line.strip():
+            continue
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            bad.append((first_row + i, f"malformed JSON line: {e}"))
+            continue
+        if not isinstance(doc, dict):
+            bad.append((first_row + i, "a JSONL line must be an object"))
+            continue
+        rows.append(doc)
+    if not rows:
+        return ShardData([], bad)
+    # Values stay Python objects here; features.py casts column by column and rejects rows.
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    cols = {n: pa.array([_scalar(r.get(n)) for r in rows], type=pa.string()) for n in names}
+    table = pa.table(cols)
+    return ShardData(table.to_batches(max_chunksize=batch_rows), bad)
+
+
+def _scalar(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return v
+    import orjson
+
+    return orjson.dumps(v).decode()
