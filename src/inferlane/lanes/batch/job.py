@@ -174,6 +174,10 @@ def with_retries(fn: Callable[[], ShardResult | None], shard: Shard, job: BatchJ
     for attempt in range(job.retries + 1):
         try:
             return fn()
+        except (ConfigError, ShardFailed):
+            raise
+        except InferlaneError as e:  # the model or its outputs are wrong: retrying cannot help
+            raise ShardFailed(f"shard {shard.id} ({shard.file.path}): {e.message}") from e
         except TRANSIENT as e:
             if attempt == job.retries:
                 raise ShardFailed(f"shard {shard.id} ({shard.file.path} rows {shard.start}-{shard.stop}) "
@@ -183,6 +187,8 @@ def with_retries(fn: Callable[[], ShardResult | None], shard: Shard, job: BatchJ
             log.warning("shard %s: %s: %s; retry %d/%d in %.1f s", shard.id, type(e).__name__, e,
                         attempt + 1, job.retries, delay)
             time.sleep(delay)
+        except Exception as e:  # corrupt data, a model bug: fail this shard, keep the job going
+            raise ShardFailed(f"shard {shard.id} ({shard.file.path}): {type(e).__name__}: {e}") from e
     return None  # unreachable
 
 

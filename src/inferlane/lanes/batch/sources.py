@@ -139,8 +139,11 @@ def plan_shards(fs: pafs.FileSystem, files: list[InputFile], shard_rows: int) ->
     shards: list[Shard] = []
     for fi, f in enumerate(files):
         if f.format == "parquet":
-            with fs.open_input_file(f.path) as fh:
-                md = pq.ParquetFile(fh).metadata
+            try:
+                with fs.open_input_file(f.path) as fh:
+                    md = pq.ParquetFile(fh).metadata
+            except pa.ArrowInvalid as e:
+                raise ConfigError(f"{f.path}: not a readable Parquet file: {e}") from e
             start = 0
             group: list[int] = []
             rows = 0
