@@ -237,3 +237,33 @@ def test_serve_refuses_a_bad_repository_with_the_field_named(tmp_path: Path) -> 
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "batching.max_queue_size: Input should be greater than or equal to 1" in r.stderr
+
+
+def test_request_parameters_are_echoed_except_protocol_ones(server: Server) -> None:
+    x = np.zeros((1, 30), np.float32)
+    body = v2_body(x, parameters={"tenant": "acme", "trace": 7, "timeout": 5_000_000})
+    r = httpx.post(f"{server.url}/v2/models/fraud/infer", content=body)
+    assert r.status_code == 200
+    assert r.json()["parameters"] == {"tenant": "acme", "trace": 7}
+
+
+def test_a_stalled_body_is_answered_408(model_repo: Path, tmp_path: Path) -> None:
+    import socket
+
+    port = free_port()
+    proc = start_server(model_repo, port, log_path=tmp_path / "log", env={"INFERLANE_BODY_TIMEOUT_S": "1"})
+    try:
+        wait_ready(port, proc)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /v2/models/fraud/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            reply = b""
+            while b"within" not in reply and (chunk := s.recv(4096)):
+                reply += chunk
+            reply_text = reply.decode()
+        assert reply_text.startswith("HTTP/1.1 408"), reply_text
+        assert "not received within 1 s" in reply_text
+        r = httpx.post(f"http://127.0.0.1:{port}/v2/models/fraud/infer",
+                       content=v2_body(np.zeros((1, 30), np.float32)))
+        assert r.status_code == 200
+    finally:
+        stop_server(proc)

@@ -14,7 +14,6 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 import yaml
 
 from inferlane.core.model import ModelVersion
@@ -267,5 +266,7 @@ def test_schedule_warns_at_the_start_when_the_deadline_is_at_risk(model_repo: Pa
     assert r.returncode == 0, r.stderr
     assert "DEADLINE AT RISK for job nightly-" in r.stderr
     assert "500 rows at 0 rows/s" in r.stderr
+    day = datetime.now().strftime("%Y-%m-%d")
+    assert (tmp_path / f"out-{day}" / "_inferlane" / "report.json").exists()
     lines = history.read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[-1])["rows_written"] == 500

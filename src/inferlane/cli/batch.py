@@ -76,7 +76,9 @@ def print_report(report: dict[str, object]) -> None:
     for k in keys:
         if k in report:
             print(f"{k:<{width}}  {report[k]}")
-    for f in report.get("failures", []) or []:  # type: ignore[union-attr]
+    failures = report.get("failures") or []
+    assert isinstance(failures, list)
+    for f in failures:
         print(f"failed: {f}", file=sys.stderr)
 
 

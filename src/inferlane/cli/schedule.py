@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 import threading
 from datetime import datetime
 from pathlib import Path
@@ -53,8 +52,11 @@ def schedule(args: argparse.Namespace) -> int:
         log.info("next run of %s at %s", name, f"{fire:%Y-%m-%d %H:%M:%S %Z}")
         if stop.wait(max(0.0, (fire - datetime.now().astimezone()).total_seconds())):
             break
-        job_id = args.job_id.format(date=f"{fire:%Y-%m-%d}", time=f"{fire:%H%M}", name=name)
-        job = job_from_args(args, job_id)
+        fields = {"date": f"{fire:%Y-%m-%d}", "time": f"{fire:%H%M}", "name": name}
+        job_id = args.job_id.format(**fields)
+        run_args = argparse.Namespace(**{**vars(args), "input": args.input.format(**fields),
+                                         "output": args.output.format(**fields)})
+        job = job_from_args(run_args, job_id)
         start = datetime.now().astimezone()
         est = estimate(_planned_rows(job), read_history(history), start, parse_deadline(args.deadline, fire))
         at_risk.labels(name).set(1 if est.at_risk else 0)
@@ -84,7 +86,8 @@ def add_schedule_parser(bsub: argparse._SubParsersAction) -> None:  # type: igno
     s.add_argument("--cron", required=True, help="cron expression in local time, e.g. '0 2 * * *'")
     s.add_argument("--deadline", help="time of day the run must finish by, e.g. 08:00")
     s.add_argument("--job-id", default="{name}-{date}",
-                   help="job id template: {date} {time} {name} (default {name}-{date})")
+                   help="job id template: {date} {time} {name} (default {name}-{date}); --input and "
+                        "--output take the same fields, e.g. s3://lake/tx/{date}/")
     s.add_argument("--name", help="schedule name (history file and metric label)")
     s.add_argument("--history", help="run history JSONL (default .inferlane/schedule-<name>.jsonl)")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")

@@ -11,6 +11,7 @@ decide error semantics themselves (DESIGN.md, "Error semantics")::
     │   ├── QueueFull         503  UNAVAILABLE  (+ Retry-After)
     │   └── ModelNotReady     503  UNAVAILABLE
     ├── DeadlineExceeded      504  DEADLINE_EXCEEDED
+    ├── RequestTimeout        408  DEADLINE_EXCEEDED (the client stalled sending its body)
     ├── Unauthenticated       401  UNAUTHENTICATED
     ├── PermissionDenied      403  PERMISSION_DENIED
     ├── ConfigError           (a model repository or model.yaml is wrong; never reaches a client)
@@ -76,6 +77,13 @@ class DeadlineExceeded(InferlaneError):
     """The request's deadline passed before or while it was processed."""
 
     http_status = 504
+    grpc_code = "DEADLINE_EXCEEDED"
+
+
+class RequestTimeout(InferlaneError):
+    """The client did not finish sending its request in time."""
+
+    http_status = 408
     grpc_code = "DEADLINE_EXCEEDED"
 
 

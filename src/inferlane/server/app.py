@@ -46,7 +46,7 @@ def create_app(settings: ServerSettings) -> Starlette:
             loader.cancel()
             await registry.close()
 
-    app = build_http_app(lane, lifespan)
+    app = build_http_app(lane, lifespan, body_timeout_s=settings.body_timeout_s)
     app.state.registry = registry
     app.state.metrics = metrics
     return app

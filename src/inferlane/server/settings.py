@@ -30,6 +30,8 @@ class ServerSettings(BaseModel):
     """Server processes sharing the port; each loads every model."""
     log_level: str = Field(default="info", pattern="^(critical|error|warning|info|debug)$")
     """Logging level."""
+    body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """Longest a client may take to send a request body (408 past it)."""
     graceful_timeout_s: float = Field(default=30.0, ge=0)
     """On SIGTERM: longest wait for in-flight requests before exiting."""
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,6 +19,9 @@ import pyarrow.compute as pc
 from inferlane.core.datatypes import to_numpy
 from inferlane.core.errors import ConfigError
 from inferlane.core.spec import ModelConfig, TensorSpec
+
+Reject = Callable[[np.ndarray, str], None]
+"""Marks rows (a boolean mask) as rejected with a reason; the first reason per row is kept."""
 
 
 @dataclass(slots=True)
@@ -115,11 +119,10 @@ class FeatureMapper:
             inputs = {k: v[good] for k, v in inputs.items()}
         return Prepared(keys, inputs, rejects, n)
 
-    def _input(self, batch: pa.RecordBatch, spec: TensorSpec, cols: list[str], reject: object,
+    def _input(self, batch: pa.RecordBatch, spec: TensorSpec, cols: list[str], reject: Reject,
                n: int) -> np.ndarray:
         dt = self._dtypes[spec.name]
-        rej = reject  # typed as a callable below
-        assert callable(rej)
+        rej = reject
         width = spec.row_elements
         if len(spec.shape) == 1:
             return self._column(batch, cols[0], dt, rej, n)
@@ -140,8 +143,7 @@ class FeatureMapper:
         return out.reshape((n, *spec.row_shape)) if width is not None else out
 
     @staticmethod
-    def _column(batch: pa.RecordBatch, name: str, dt: np.dtype, reject: object, n: int) -> np.ndarray:
-        assert callable(reject)
+    def _column(batch: pa.RecordBatch, name: str, dt: np.dtype, reject: Reject, n: int) -> np.ndarray:
         if name not in batch.schema.names:
             reject(np.ones(n, dtype=bool), f"missing column {name!r}")
             return np.zeros(n, dtype=dt)
@@ -157,8 +159,7 @@ class FeatureMapper:
         return np.asarray(col.to_numpy(zero_copy_only=False), dtype=dt)
 
     @staticmethod
-    def _list_column(col: pa.Array, spec: TensorSpec, dt: np.dtype, reject: object, n: int) -> np.ndarray:
-        assert callable(reject)
+    def _list_column(col: pa.Array, spec: TensorSpec, dt: np.dtype, reject: Reject, n: int) -> np.ndarray:
         width = spec.row_elements or 0
         lengths = np.asarray(pc.list_value_length(col).fill_null(-1))
         wrong = lengths != width
@@ -200,7 +201,7 @@ def _maybe_int(col: pa.Array) -> pa.Array:
         return col
 
 
-def _parse_text(col: pa.Array, name: str, dt: np.dtype, reject: object, n: int) -> np.ndarray:
+def _parse_text(col: pa.Array, name: str, dt: np.dtype, reject: Reject, n: int) -> np.ndarray:
     assert callable(reject)
     target = pa.from_numpy_dtype(dt)
     try:
@@ -222,4 +223,6 @@ def _parse_text(col: pa.Array, name: str, dt: np.dtype, reject: object, n: int) 
 
 def _key_text(keys: dict[str, pa.Array], n: int) -> list[str]:
     lists = [k.to_pylist() for k in keys.values()]
-    return ["|".join("" if v is None else str(v) for v in row) for row in zip(*lists, strict=True)] if lists else [""] * n
+    if not lists:
+        return [""] * n
+    return ["|".join("" if v is None else str(v) for v in row) for row in zip(*lists, strict=True)]

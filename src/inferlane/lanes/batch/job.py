@@ -291,9 +291,7 @@ def _report(job: BatchJob, model: ModelVersion, shards: list[Shard], done: dict[
     read = counters["rows_read"]
     ratio = counters["rows_rejected"] / read if read else 0.0
     status = "succeeded"
-    if failed:
-        status = "partial"
-    elif ratio > job.max_reject_ratio:
+    if failed or ratio > job.max_reject_ratio:
         status = "partial"
     report: dict[str, Any] = {
         "job_id": job.job_id,

@@ -6,7 +6,9 @@ one handler maps to the status in DESIGN.md ("Error semantics") with ``{"error":
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -15,7 +17,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
@@ -26,6 +28,7 @@ from inferlane.core.errors import (
     ModelNotFound,
     PayloadTooLarge,
     QueueFull,
+    RequestTimeout,
 )
 from inferlane.core.spec import ModelConfig
 from inferlane.lanes.online import OnlineLane, OnlineResult
@@ -48,21 +51,41 @@ def error_response(e: InferlaneError) -> Response:
     return _json({"error": e.message}, e.http_status, headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing anything over ``limit`` bytes before reading it where possible."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise InvalidInput("Content-Length must be a number")
-        if int(length) > limit:
-            raise PayloadTooLarge(f"body of {length} bytes exceeds the model's limit of {limit} bytes")
+_DECIMAL = re.compile(r"[0-9]+")
+_MILLISECONDS = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+
+
+def header_int(request: Request, name: str) -> int | None:
+    """A header holding a non-negative decimal integer (ASCII digits only), or None if absent."""
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    if not _DECIMAL.fullmatch(value):
+        raise InvalidInput(f"{name} must be a non-negative integer, not {value[:40]!r}")
+    # Python refuses to parse more than 4300 digits; anything over 18 is far past every limit.
+    return int(value) if len(value) <= 18 else 10**18
+
+
+async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
+    """The body, refusing anything over ``limit`` bytes before reading it where possible, and
+    answering 408 to a client that has not sent all of it within ``timeout_s``."""
+    length = header_int(request, "content-length")
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"body of {length} bytes exceeds the model's limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body exceeds the model's limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"body exceeds the model's limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the body was not received within {timeout_s:g} s") from None
+    except ClientDisconnect:
+        # Nobody is left to answer; raising keeps it out of the "unexpected error" log.
+        raise InvalidInput("the client disconnected before sending the whole body") from None
     return b"".join(chunks)
 
 
@@ -72,16 +95,16 @@ def _timeout_s(request: Request, parameters: dict[str, Any]) -> float | None:
     found: list[float] = []
     header = request.headers.get(TIMEOUT_HEADER)
     if header is not None:
-        try:
-            ms = float(header)
-        except ValueError:
-            raise InvalidInput(f"{TIMEOUT_HEADER} must be a number of milliseconds") from None
-        if not ms >= 0 or ms > 3_600_000:
-            raise InvalidInput(f"{TIMEOUT_HEADER} must be between 0 and 3600000")
+        if not _MILLISECONDS.fullmatch(header):
+            raise InvalidInput(f"{TIMEOUT_HEADER} must be a number of milliseconds, "
+                               f"not {header[:40]!r}")
+        ms = float(header)
+        if not 0 <= ms <= 3_600_000:
+            raise InvalidInput(f"{TIMEOUT_HEADER} must be between 0 and 3600000, not {header[:40]}")
         found.append(ms / 1000.0)
     t = parameters.get("timeout")
     if t is not None:
-        if isinstance(t, bool) or not isinstance(t, int | float) or not t >= 0 or t > 3.6e9:
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= 3.6e9:
             raise InvalidInput("parameters.timeout must be microseconds between 0 and 3.6e9")
         found.append(t / 1e6)
     return min(found) if found else None
@@ -97,14 +120,18 @@ def _metadata(name: str, versions: list[str], config: ModelConfig) -> dict[str, 
     return {
         "name": name,
         "versions": versions,
-        "platform": {"onnx": "onnxruntime_onnx", "sklearn": "sklearn", "python": "python"}[config.runtime],
-        "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in config.inputs],
-        "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in config.outputs],
+        "platform": {"onnx": "onnxruntime_onnx", "sklearn": "sklearn",
+                     "python": "python"}[config.runtime],
+        "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
+                   for s in config.inputs],
+        "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
+                    for s in config.outputs],
     }
 
 
-def build_http_app(lane: OnlineLane, lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]]
-                   | None = None) -> Starlette:
+def build_http_app(lane: OnlineLane,
+                   lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]]
+                   | None = None, *, body_timeout_s: float = 30.0) -> Starlette:
     registry = lane.registry
     metrics = lane.metrics
 
@@ -115,7 +142,8 @@ def build_http_app(lane: OnlineLane, lifespan: Callable[[Starlette], AbstractAsy
             raise ModelNotFound(f"unknown model {name!r}")
         v = request.path_params.get("version")
         if v is not None and v not in e.versions:
-            raise ModelNotFound(f"model {name!r} has no version {v!r} (versions: {list(e.versions)})")
+            raise ModelNotFound(f"model {name!r} has no version {v!r} "
+                                f"(versions: {list(e.versions)})")
         return e
 
     async def server_metadata(request: Request) -> Response:
@@ -142,26 +170,23 @@ def build_http_app(lane: OnlineLane, lifespan: Callable[[Starlette], AbstractAsy
 
     async def infer(request: Request) -> Response:
         e = entry(request)
-        body = await read_body(request, e.config.limits.max_request_bytes)
-        hl = request.headers.get(codec.HEADER_LENGTH)
-        if hl is not None and not hl.isdigit():
-            raise InvalidInput(f"{codec.HEADER_LENGTH} must be a number")
-        req = codec.parse_infer_request(body, int(hl) if hl is not None else None,
-                                        e.config.limits.max_elements_per_input)
+        header_len = header_int(request, codec.HEADER_LENGTH)
+        body = await read_body(request, e.config.limits.max_request_bytes, body_timeout_s)
+        req = codec.parse_infer_request(body, header_len, e.config.limits.max_elements_per_input)
         codec.check_requested_outputs(req, e.config)
         result = await lane.infer(e.name, request.path_params.get("version"), req.inputs,
                                   _timeout_s(request, req.parameters))
-        out, header_len = codec.encode_infer_response(
+        out, out_header_len = codec.encode_infer_response(
             result.model.name, result.model.version, result.prediction.outputs, req)
         headers = {"Server-Timing": _server_timing(result)}
-        if header_len is not None:
-            headers[codec.HEADER_LENGTH] = str(header_len)
+        if out_header_len is not None:
+            headers[codec.HEADER_LENGTH] = str(out_header_len)
             return Response(out, headers=headers, media_type="application/octet-stream")
         return Response(out, headers=headers, media_type=JSON)
 
     async def v1_predict(request: Request) -> Response:
         e = entry(request)
-        body = await read_body(request, e.config.limits.max_request_bytes)
+        body = await read_body(request, e.config.limits.max_request_bytes, body_timeout_s)
         inputs = codec.parse_v1_instances(body, e.config)
         result = await lane.infer(e.name, request.path_params.get("version"), inputs,
                                   _timeout_s(request, {}))
@@ -171,7 +196,8 @@ def build_http_app(lane: OnlineLane, lifespan: Callable[[Starlette], AbstractAsy
     async def prometheus(request: Request) -> Response:
         for mv in registry.loaded():
             if mv.batcher is not None:
-                metrics.queue_depth.labels(mv.name, mv.version, "online").set(mv.batcher.queue_depth)
+                depth = mv.batcher.queue_depth
+                metrics.queue_depth.labels(mv.name, mv.version, "online").set(depth)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(request: Request) -> Response:
@@ -203,7 +229,15 @@ def build_http_app(lane: OnlineLane, lifespan: Callable[[Starlette], AbstractAsy
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return _json({"error": exc.detail}, exc.status_code, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        message = exc.detail
+        path = request.url.path[:200]
+        if exc.status_code == 404:
+            message = f"no route {path!r} (see /openapi.json)"
+        elif exc.status_code == 405:
+            message = (f"method {request.method} is not allowed on {path!r}; "
+                       f"allowed: {headers.get('Allow', '')}")
+        return _json({"error": message}, exc.status_code, headers)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)

@@ -22,6 +22,8 @@ from inferlane.core.errors import InvalidInput, PayloadTooLarge
 from inferlane.core.spec import ModelConfig
 
 HEADER_LENGTH = "inference-header-content-length"
+RESERVED_PARAMETERS = frozenset({"timeout", "binary_data_output"})
+"""Request parameters the protocol consumes; every other request parameter is echoed back."""
 
 
 @dataclass(slots=True)
@@ -54,31 +56,136 @@ def _decode_bytes_elements(raw: bytes, where: str) -> list[bytes]:
     return out
 
 
+MAX_NAME_LENGTH = 256
+"""Longest tensor name accepted (as in model.yaml); longer names are refused before any echo."""
+
+
+def _params(v: Any, where: str) -> dict[str, Any]:
+    """A ``parameters`` member: absent or null is empty, anything but an object is refused."""
+    if v is None:
+        return {}
+    return _obj(v, where)
+
+
+def _flag(params: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    v = params.get(key)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise InvalidInput(f"{where}.{key} must be true or false")
+    return v
+
+
+def _shape(shape: Any, where: str, max_elements: int) -> tuple[list[int], int]:
+    """The claimed shape and its element count, refused (413) before anything is allocated.
+
+    Dimensions are JSON integers; an integral number such as ``1e9`` is an integer too, as in
+    JSON Schema.
+    """
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 16:
+        raise InvalidInput(f"{where}: shape must be a list of 1 to 16 non-negative integers")
+    dims: list[int] = []
+    for d in shape:
+        if isinstance(d, float) and d.is_integer():
+            d = int(d)
+        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+            raise InvalidInput(f"{where}: shape must be a list of 1 to 16 non-negative integers, "
+                               f"not {str(shape)[:200]}")
+        dims.append(d)
+    count = math.prod(dims)
+    if count > max_elements or max(dims) > max_elements:
+        # 1e308 is an integer too: keep the message short (and under Python's 4300-digit limit).
+        big = 10**30
+        shown = [d if d < big else "1e30+" for d in dims]
+        raise PayloadTooLarge(f"{where}: shape {shown} has {count if count < big else 'over 1e30'} "
+                              f"elements; the limit is {max_elements} per input")
+    return dims, count
+
+
+def array_from_json(data: Any, datatype: str, where: str) -> np.ndarray:
+    """JSON data (a list, flat or nested) as an array of ``datatype``, keeping the nesting.
+
+    Refuses, naming ``where``: ragged or too deeply nested lists, strings or nulls for numbers,
+    booleans for numbers (and numbers for BOOL), floats for integers, and values out of range.
+    """
+    dt = to_numpy(datatype)
+    try:
+        arr = np.asarray(data, dtype=object if datatype == "BYTES" else None)
+    except ValueError as e:
+        msg = str(e)
+        if "inhomogeneous" in msg:
+            raise InvalidInput(f"{where}: data is ragged "
+                               "(nested lists of different lengths)") from None
+        if "dimension" in msg:
+            raise InvalidInput(f"{where}: data is nested more than 64 levels deep") from None
+        raise InvalidInput(f"{where}: data cannot be read as {datatype}: {msg}") from None
+    except (TypeError, OverflowError) as e:
+        raise InvalidInput(f"{where}: data cannot be read as {datatype}: {e}") from None
+    kind = arr.dtype.kind
+    if datatype == "BYTES":
+        flat = arr.ravel()
+        if not all(isinstance(x, str) for x in flat):
+            raise InvalidInput(f"{where}: BYTES data must be strings "
+                               "(nested lists of equal length)")
+        out = np.empty(flat.size, dtype=object)
+        out[:] = [x.encode() for x in flat]
+        return out.reshape(arr.shape)
+    if datatype == "BOOL":
+        if kind != "b" and arr.size:
+            raise InvalidInput(f"{where}: BOOL data must be true/false")
+        return arr.astype(np.bool_)
+    if arr.size and kind not in "iuf":
+        what = {"b": "booleans", "U": "strings"}.get(kind, "nulls, objects or mixed values")
+        raise InvalidInput(f"{where}: data is not {datatype} numbers (found {what})")
+    if dt.kind == "f":
+        with np.errstate(over="ignore"):
+            out = arr.astype(dt)
+        if not np.isfinite(out).all():
+            raise InvalidInput(f"{where}: values out of range for {datatype}")
+        return out
+    if arr.size:
+        info = np.iinfo(dt)
+        if kind == "f":
+            # Integers past 64 bits arrive as floats (orjson): test the range before the type.
+            # 2**bits (2**(bits-1) if signed) is the exclusive bound; unlike info.max, a float
+            # holds it exactly.
+            top = 2.0 ** (info.bits - (dt.kind == "i"))
+            out_of_range = arr.min() < info.min or arr.max() >= top
+        else:
+            out_of_range = arr.min() < info.min or arr.max() > info.max
+        if out_of_range:
+            raise InvalidInput(f"{where}: values out of range for {datatype}")
+        if kind == "f":
+            raise InvalidInput(f"{where}: data is not {datatype} numbers (found floats)")
+    return arr.astype(dt)
+
+
 def _tensor_from_json(t: dict[str, Any], i: int, max_elements: int, binary: memoryview | None,
                       offset: int) -> tuple[str, np.ndarray, int]:
     where = f"inputs[{i}]"
     name = t.get("name")
-    if not isinstance(name, str) or not name:
-        raise InvalidInput(f"{where}.name must be a non-empty string")
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
+        raise InvalidInput(f"{where}.name must be a string of 1 to {MAX_NAME_LENGTH} characters")
     where = f"input {name!r}"
     datatype = t.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InvalidInput(f"{where}: datatype must be one of {', '.join(DATATYPES)}")
-    shape = t.get("shape")
-    if (not isinstance(shape, list) or not shape or len(shape) > 16
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-        raise InvalidInput(f"{where}: shape must be a list of 1 to 16 non-negative integers")
-    count = math.prod(shape)
-    if count > max_elements:
-        raise PayloadTooLarge(f"{where}: shape {shape} has {count} elements; the limit is {max_elements}")
+    shape, count = _shape(t.get("shape"), where, max_elements)
     dt = to_numpy(datatype)
-    params = t.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise InvalidInput(f"{where}.parameters must be a JSON object")
+    params = _params(t.get("parameters"), f"{where}: parameters")
     size = params.get("binary_data_size")
     if size is not None:
-        if binary is None or not isinstance(size, int) or size < 0 or offset + size > len(binary):
-            raise InvalidInput(f"{where}: binary_data_size does not fit the binary part of the body")
+        if binary is None:
+            raise InvalidInput(f"{where}: parameters.binary_data_size needs the binary tensor "
+                               f"extension (the {HEADER_LENGTH} header)")
+        if isinstance(size, float) and size.is_integer():
+            size = int(size)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidInput(f"{where}: parameters.binary_data_size must be a "
+                               "non-negative integer")
+        if offset + size > len(binary):
+            raise InvalidInput(f"{where}: binary_data_size {size} runs past the end of the body "
+                               f"({len(binary) - offset} binary bytes left)")
         raw = binary[offset:offset + size]
         offset += size
         if datatype == "BYTES":
@@ -89,44 +196,19 @@ def _tensor_from_json(t: dict[str, Any], i: int, max_elements: int, binary: memo
             arr[:] = elems
         else:
             if size != count * dt.itemsize:
-                raise InvalidInput(f"{where}: binary_data_size {size} is not {count} x {dt.itemsize} bytes")
+                raise InvalidInput(f"{where}: binary_data_size {size} is not {count} x "
+                                   f"{dt.itemsize} bytes for shape {shape}")
             arr = np.frombuffer(raw, dtype=dt.newbyteorder("<")).astype(dt, copy=False)
         return name, arr.reshape(shape), offset
     if "data" not in t:
-        raise InvalidInput(f"{where}: missing 'data'")
+        raise InvalidInput(f"{where}: missing 'data' (or parameters.binary_data_size)")
     data = t["data"]
     if not isinstance(data, list):
-        data = [data]
-    try:
-        if datatype == "BYTES":
-            flat = np.asarray(data, dtype=object).ravel()
-            if not all(isinstance(x, str | bytes) for x in flat):
-                raise InvalidInput(f"{where}: BYTES data must be strings")
-            arr = np.empty(flat.size, dtype=object)
-            arr[:] = [x.encode() if isinstance(x, str) else x for x in flat]
-        elif datatype == "BOOL":
-            arr = np.asarray(data)
-            if arr.dtype != np.bool_ and arr.size:
-                raise InvalidInput(f"{where}: BOOL data must be true/false")
-            arr = arr.astype(np.bool_)
-        else:
-            arr = np.asarray(data)
-            if arr.size and arr.dtype.kind not in "iufb" or (dt.kind in "iu" and arr.dtype.kind == "f"):
-                raise InvalidInput(f"{where}: data is not {datatype} numbers")
-            arr = arr.astype(dt, casting="unsafe") if dt.kind == "f" else _to_int(arr, dt, where)
-    except (ValueError, TypeError, OverflowError) as e:
-        raise InvalidInput(f"{where}: data cannot be read as {datatype}: {e}") from None
+        raise InvalidInput(f"{where}: data must be a list (flat or nested)")
+    arr = array_from_json(data, datatype, where)
     if arr.size != count:
         raise InvalidInput(f"{where}: data has {arr.size} elements, shape {shape} needs {count}")
     return name, arr.reshape(shape), offset
-
-
-def _to_int(arr: np.ndarray, dt: np.dtype, where: str) -> np.ndarray:
-    if arr.size:
-        info = np.iinfo(dt)
-        if arr.min() < info.min or arr.max() > info.max:
-            raise InvalidInput(f"{where}: values out of range for {dt}")
-    return arr.astype(dt)
 
 
 def parse_infer_request(body: bytes, header_length: int | None, max_elements: int) -> InferRequest:
@@ -145,34 +227,37 @@ def parse_infer_request(body: bytes, header_length: int | None, max_elements: in
     rid = doc.get("id")
     if rid is not None and not isinstance(rid, str):
         raise InvalidInput("id must be a string")
-    params = doc.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise InvalidInput("parameters must be a JSON object")
+    params = _params(doc.get("parameters"), "parameters")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("inputs must be a non-empty list of tensors")
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for i, t in enumerate(raw_inputs):
-        name, arr, offset = _tensor_from_json(_obj(t, f"inputs[{i}]"), i, max_elements, binary, offset)
+        name, arr, offset = _tensor_from_json(_obj(t, f"inputs[{i}]"), i, max_elements, binary,
+                                              offset)
         if name in inputs:
             raise InvalidInput(f"input {name!r} appears twice")
         inputs[name] = arr
+    if binary is not None and offset != len(binary):
+        raise InvalidInput(f"the binary part of the body has {len(binary)} bytes but the inputs' "
+                           f"binary_data_size add up to {offset}")
     binary_outputs: dict[str, bool] = {}
-    binary_default = bool(params.get("binary_data_output", False))
+    binary_default = _flag(params, "binary_data_output", False, "parameters")
     outs = doc.get("outputs")
     if outs is not None:
         if not isinstance(outs, list):
             raise InvalidInput("outputs must be a list")
         for i, o in enumerate(outs):
             o = _obj(o, f"outputs[{i}]")
-            name = o.get("name")
-            if not isinstance(name, str):
+            oname = o.get("name")
+            if not isinstance(oname, str):
                 raise InvalidInput(f"outputs[{i}].name must be a string")
-            op = o.get("parameters") or {}
-            if not isinstance(op, dict):
-                raise InvalidInput(f"outputs[{i}].parameters must be a JSON object")
-            binary_outputs[name] = bool(op.get("binary_data", binary_default))
+            if oname in binary_outputs:
+                raise InvalidInput(f"output {oname!r} is requested twice")
+            op = _params(o.get("parameters"), f"outputs[{i}].parameters")
+            binary_outputs[oname] = _flag(op, "binary_data", binary_default,
+                                          f"outputs[{i}].parameters")
     return InferRequest(inputs, rid, params, binary_outputs, binary_default)
 
 
@@ -187,7 +272,8 @@ def _encode_bytes_elements(arr: np.ndarray) -> bytes:
 
 def _json_data(arr: np.ndarray) -> Any:
     if arr.dtype == object:
-        return [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in arr.ravel()]
+        return [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+                for x in arr.ravel()]
     return np.ascontiguousarray(arr).ravel()
 
 
@@ -199,7 +285,8 @@ def encode_infer_response(model: str, version: str, outputs: Mapping[str, np.nda
     chunks: list[bytes] = []
     for name, binary in wanted.items():
         arr = outputs[name]
-        t: dict[str, Any] = {"name": name, "datatype": from_numpy(arr.dtype), "shape": list(arr.shape)}
+        t: dict[str, Any] = {"name": name, "datatype": from_numpy(arr.dtype),
+                             "shape": list(arr.shape)}
         if binary:
             raw = (_encode_bytes_elements(arr) if arr.dtype == object
                    else np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
@@ -211,6 +298,9 @@ def encode_infer_response(model: str, version: str, outputs: Mapping[str, np.nda
     doc: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": tensors}
     if req.id is not None:
         doc["id"] = req.id
+    echoed = {k: v for k, v in req.parameters.items() if k not in RESERVED_PARAMETERS}
+    if echoed:
+        doc["parameters"] = echoed
     head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return head, None
@@ -221,23 +311,29 @@ def check_requested_outputs(req: InferRequest, config: ModelConfig) -> None:
     declared = {s.name for s in config.outputs}
     unknown = sorted(set(req.binary_outputs) - declared)
     if unknown:
-        raise InvalidInput(f"unknown requested outputs {unknown}; model {config.name} has {sorted(declared)}")
+        raise InvalidInput(f"unknown requested outputs {unknown}; model {config.name} has "
+                           f"{sorted(declared)}")
 
 
 def parse_v1_instances(body: bytes, config: ModelConfig) -> dict[str, np.ndarray]:
-    """``{"instances": [...]}`` (rows) or ``{"inputs": {...}}`` (columns), as TF Serving/KServe V1."""
+    """``{"instances": [...]}`` (rows) or ``{"inputs": {...}}`` (columns), as TF Serving and
+    KServe V1 take them."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise InvalidInput(f"body is not valid JSON: {e}") from None
     doc = _obj(doc, "the body")
     specs = config.inputs
+    if not isinstance(doc.get("signature_name", ""), str):
+        raise InvalidInput("signature_name must be a string")
+    if "instances" in doc and "inputs" in doc:
+        raise InvalidInput("body must have either 'instances' or 'inputs', not both")
     if "instances" in doc:
         rows = doc["instances"]
         if not isinstance(rows, list) or not rows:
-            raise InvalidInput("instances must be a non-empty list")
+            raise InvalidInput("instances must be a non-empty list of rows")
         if len(specs) == 1 and not isinstance(rows[0], dict):
-            columns: dict[str, list[Any]] = {specs[0].name: rows}
+            columns: dict[str, Any] = {specs[0].name: rows}
         else:
             columns = {s.name: [] for s in specs}
             for i, r in enumerate(rows):
@@ -252,20 +348,13 @@ def parse_v1_instances(body: bytes, config: ModelConfig) -> dict[str, np.ndarray
             cols = {specs[0].name: cols}
         columns = _obj(cols, "inputs")
     else:
-        raise InvalidInput("body must have 'instances' (a list of rows) or 'inputs'")
+        raise InvalidInput("body must have 'instances' (a list of rows) or 'inputs' (columns)")
     out: dict[str, np.ndarray] = {}
     limit = config.limits.max_elements_per_input
     for s in specs:
         if s.name not in columns:
             raise InvalidInput(f"missing input {s.name!r}")
-        col = columns[s.name]
-        try:
-            arr = np.asarray(col)
-            if arr.dtype.kind not in "iufb" and s.datatype != "BYTES":
-                raise InvalidInput(f"input {s.name!r}: values are not {s.datatype} numbers")
-            arr = arr.astype(to_numpy(s.datatype))
-        except (ValueError, TypeError, OverflowError) as e:
-            raise InvalidInput(f"input {s.name!r}: cannot read as {s.datatype}: {e}") from None
+        arr = array_from_json(columns[s.name], s.datatype, f"input {s.name!r}")
         if arr.size > limit:
             raise PayloadTooLarge(f"input {s.name!r}: {arr.size} elements; the limit is {limit}")
         out[s.name] = arr
@@ -282,8 +371,11 @@ def encode_v1_predictions(outputs: Mapping[str, np.ndarray]) -> bytes:
 
 
 def _v1(arr: Any) -> Any:
+    if isinstance(arr, np.generic):  # orjson does not take every numpy scalar type (longlong)
+        return arr.item()
     if isinstance(arr, np.ndarray):
         if arr.dtype == object:
-            return [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in arr.ravel()]
+            return [x.decode("utf-8", "replace") if isinstance(x, bytes) else x
+                    for x in arr.ravel()]
         return np.ascontiguousarray(arr)
     return arr

@@ -1,47 +1,67 @@
 """The OpenAPI 3.1 document for the HTTP API, generated from the pydantic models below.
 
 The models document the wire format; the hot path parses with orjson and codec.py, which
-enforces the same rules (tests check both agree).
+enforces the same rules (tests/test_http_fuzz.py fuzzes the server with this document and fails
+when a request the schema forbids is accepted, or a response does not match it).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import SkipJsonSchema, models_json_schema
 
 from inferlane import __version__
 from inferlane.core.datatypes import DATATYPES
 
 DatatypeName = Literal[DATATYPES]  # type: ignore[valid-type]
+Dimension = Annotated[int, Field(ge=0)]
+
+# Request models leave additionalProperties open: the server ignores fields it does not know,
+# as Open Inference Protocol servers do. Everything declared is checked by codec.py.
+
+
+class InputParameters(BaseModel):
+    binary_data_size: int | None = Field(
+        default=None, ge=0,
+        description="Bytes of this tensor in the binary part of the body (binary tensor extension)")
 
 
 class RequestInput(BaseModel):
     """One input tensor. ``data`` is row-major, flat or nested; omit it and set
     ``parameters.binary_data_size`` to send the tensor in the binary part of the body."""
 
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1)
-    shape: list[int] = Field(min_length=1, max_length=16)
+    name: str = Field(min_length=1, max_length=256)
+    shape: list[Dimension] = Field(min_length=1, max_length=16)
     datatype: DatatypeName
-    parameters: dict[str, Any] | None = None
+    parameters: InputParameters | None = None
     data: list[Any]
 
 
+class OutputParameters(BaseModel):
+    binary_data: bool | None = Field(default=None, description="Return this output in binary")
+
+
 class RequestOutput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
     name: str
-    parameters: dict[str, Any] | None = None
+    parameters: OutputParameters | None = None
+
+
+class RequestParameters(BaseModel):
+    timeout: float | None = Field(
+        default=None, ge=0, le=3.6e9,
+        description="Deadline in microseconds (as Triton clients send it)")
+    binary_data_output: bool | None = Field(default=None,
+                                            description="Default for every output's binary_data")
 
 
 class InferenceRequest(BaseModel):
-    """``parameters.timeout`` is a deadline in microseconds (as Triton clients send it)."""
+    """Output names must be unique; with ``outputs`` absent or empty, every output is returned."""
 
-    model_config = ConfigDict(extra="forbid")
     id: str | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: RequestParameters | None = None
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None
 
@@ -58,6 +78,8 @@ class InferenceResponse(BaseModel):
     model_name: str
     model_version: str
     id: str | None = None
+    parameters: dict[str, Any] | None = None
+    """The request's parameters, echoed back (except ``timeout`` and ``binary_data_output``)."""
     outputs: list[ResponseOutput]
 
 
@@ -86,10 +108,29 @@ class Error(BaseModel):
 
 
 class V1PredictRequest(BaseModel):
-    """Rows (``instances``), each a list of features or an object of named inputs."""
+    """Rows (``instances``): each a list of features, or an object of named inputs. Or columns
+    (``inputs``): an object of named inputs, or the one input's rows. Exactly one of the two."""
 
-    model_config = ConfigDict(extra="forbid")
-    instances: list[Any] = Field(min_length=1)
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["instances"]},
+                                                           {"required": ["inputs"]}]})
+    # SkipJsonSchema: absent is fine, but null is not (the server refuses it).
+    instances: Annotated[list[Any], Field(min_length=1)] | SkipJsonSchema[None] = None
+    inputs: dict[str, Any] | list[Any] | SkipJsonSchema[None] = None
+    signature_name: str | SkipJsonSchema[None] = Field(None, description="Accepted and ignored")
+
+
+class ServerReady(BaseModel):
+    ready: bool
+    error: str | None = Field(default=None, description="Why loading failed, if it did")
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class Live(BaseModel):
+    live: bool
 
 
 class V1PredictResponse(BaseModel):
@@ -105,61 +146,98 @@ def _content(name: str) -> dict[str, Any]:
 
 
 _ERRORS = {
-    "400": "Malformed body, or a wrong tensor name, datatype or shape",
+    "400": "Malformed body, or a wrong tensor name, datatype or shape (the message names it)",
     "404": "Unknown model or version",
+    "408": "The body was not received in time (server setting body_timeout_s)",
     "413": "Body or tensor larger than the model's limit",
     "503": "Queue full (with Retry-After) or model not ready",
     "504": "Deadline passed before or during processing",
 }
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying (queue full)",
+                                "schema": {"type": "integer", "minimum": 1}}}
+_BINARY_HEADER = {
+    "name": "Inference-Header-Content-Length", "in": "header", "required": False,
+    "schema": {"type": "integer", "minimum": 0},
+    "description": "Binary tensor extension: the body is this many bytes of JSON, then the raw "
+                   "tensors that the inputs' parameters.binary_data_size describe",
+}
+
+
+def _path_params(params: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+            for p in params]
 
 
 def _op(summary: str, ok: str, body: str | None = None, errors: tuple[str, ...] = (),
-        params: tuple[str, ...] = ()) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "OK", "content": _content(ok)}}}
+        params: tuple[str, ...] = (), binary: bool = False) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary,
+                          "responses": {"200": {"description": "OK", "content": _content(ok)}}}
     for code in errors:
         op["responses"][code] = {"description": _ERRORS[code], "content": _content("Error")}
-    parameters = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]
+    if "503" in errors:
+        op["responses"]["503"]["headers"] = _RETRY_AFTER
+    parameters = _path_params(params)
     if body is not None:
         op["requestBody"] = {"required": True, "content": _content(body)}
         parameters.append({"name": "inferlane-timeout-ms", "in": "header", "required": False,
                            "schema": {"type": "number", "minimum": 0, "maximum": 3600000},
                            "description": "Deadline for this request in milliseconds"})
+    if binary:
+        parameters.append(_BINARY_HEADER)
+        op["responses"]["200"]["content"]["application/octet-stream"] = {
+            "schema": {"type": "string", "format": "binary",
+                       "description": "Binary tensor extension: Inference-Header-Content-Length "
+                                      "bytes of InferenceResponse JSON, then the raw outputs"}}
     if parameters:
         op["parameters"] = parameters
     return op
 
 
+def _ready_op(summary: str, ok: str, params: tuple[str, ...] = ()) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {
+        "200": {"description": "ready", "content": _content(ok)},
+        "503": {"description": "not ready", "content": _content(ok)}}}
+    if params:
+        op["parameters"] = _path_params(params)
+        op["responses"]["404"] = {"description": _ERRORS["404"], "content": _content("Error")}
+    return op
+
+
 @functools.cache
 def openapi_document() -> dict[str, Any]:
-    models = [RequestInput, RequestOutput, InferenceRequest, ResponseOutput, InferenceResponse,
-              TensorMetadata, ModelMetadata, ServerMetadata, Error, V1PredictRequest, V1PredictResponse]
+    models: list[type[BaseModel]] = [
+        RequestInput, RequestOutput, InferenceRequest, ResponseOutput, InferenceResponse,
+        TensorMetadata, ModelMetadata, ServerMetadata, Error, V1PredictRequest, V1PredictResponse,
+        ServerReady, ModelReady, Live]
     _, schema = models_json_schema([(m, "validation") for m in models],
                                    ref_template="#/components/schemas/{model}")
-    infer_errors = ("400", "404", "413", "503", "504")
+    infer_errors = ("400", "404", "408", "413", "503", "504")
     paths: dict[str, Any] = {
         "/v2": {"get": _op("Server metadata", "ServerMetadata")},
-        "/v2/health/live": {"get": {"summary": "Liveness", "responses": {"200": {"description": "live"}}}},
-        "/v2/health/ready": {"get": {"summary": "Readiness: every model loaded and warmed up",
-                                     "responses": {"200": {"description": "ready"},
-                                                   "503": {"description": "not ready"}}}},
+        "/v2/health/live": {"get": _op("Liveness", "Live")},
+        "/v2/health/ready": {"get": _ready_op("Readiness: every model loaded and warmed up",
+                                              "ServerReady")},
     }
     for prefix, params in (("/v2/models/{name}", ("name",)),
                            ("/v2/models/{name}/versions/{version}", ("name", "version"))):
-        paths[prefix] = {"get": _op("Model metadata", "ModelMetadata", errors=("404",), params=params)}
-        paths[prefix + "/ready"] = {"get": {
-            "summary": "Model readiness",
-            "parameters": [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                           for p in params],
-            "responses": {"200": {"description": "ready"}, "404": {"description": _ERRORS["404"]},
-                          "503": {"description": "not ready"}}}}
+        paths[prefix] = {"get": _op("Model metadata", "ModelMetadata", errors=("404",),
+                                    params=params)}
+        paths[prefix + "/ready"] = {"get": _ready_op("Model readiness", "ModelReady", params)}
         paths[prefix + "/infer"] = {"post": _op("Inference (Open Inference Protocol V2)",
                                                 "InferenceResponse", "InferenceRequest",
-                                                infer_errors, params)}
-    paths["/v1/models/{name}:predict"] = {"post": _op("Prediction, TF Serving / KServe V1 form",
-                                                      "V1PredictResponse", "V1PredictRequest",
-                                                      infer_errors, ("name",))}
-    paths["/metrics"] = {"get": {"summary": "Prometheus metrics",
-                                 "responses": {"200": {"description": "text exposition format"}}}}
+                                                infer_errors, params, binary=True)}
+    for path, params in (("/v1/models/{name}:predict", ("name",)),
+                         ("/v1/models/{name}/versions/{version}:predict", ("name", "version"))):
+        paths[path] = {"post": _op("Prediction, TF Serving / KServe V1 form", "V1PredictResponse",
+                                   "V1PredictRequest", infer_errors, params)}
+    paths["/metrics"] = {"get": {"summary": "Prometheus metrics", "responses": {"200": {
+        "description": "Prometheus text exposition format",
+        "content": {"text/plain": {"schema": {"type": "string"}}}}}}}
+    paths["/openapi.json"] = {"get": {"summary": "This document", "responses": {"200": {
+        "description": "OpenAPI 3.1",
+        "content": {"application/json": {"schema": {"type": "object"}}}}}}}
+    paths["/docs"] = {"get": {"summary": "Swagger UI for this document", "responses": {"200": {
+        "description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "inferlane", "version": __version__,

@@ -1,0 +1,93 @@
+"""PostgreSQL output of the batch lane (psycopg 3).
+
+Each shard is one transaction: its rows are COPYed into a temp table, upserted into the target
+table on the key (``INSERT ... SELECT ... ON CONFLICT DO UPDATE``), and the shard's manifest row
+is written before COMMIT, so rows and manifest commit together and a re-run never duplicates.
+
+    sink = PostgresSink("postgresql://app@db/scores", "predictions", ["id"], "nightly", fp, Path("rejects"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+from psycopg.conninfo import conninfo_to_dict
+
+from inferlane.lanes.batch.sinks import SqlSink
+
+STAGE = "inferlane_stage"
+
+
+class PostgresSink(SqlSink):
+    placeholder = "%s"
+
+    def __init__(self, dsn: str, table: str, key: list[str], job_id: str, fingerprint: str,
+                 rejects_dir: Path) -> None:
+        super().__init__(table, key, job_id, fingerprint, rejects_dir)
+        self.dsn = dsn
+        info = conninfo_to_dict(dsn)  # described without the password
+        self.description = (f"PostgreSQL {info.get('host', 'localhost')}:{info.get('port', 5432)}/"
+                            f"{info.get('dbname', '')} table {table}")
+        self._conn = self._connect()
+        self._init_meta()
+
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        # autocommit: statements outside a shard commit at once; a shard opens its own transaction.
+        # No server-side prepared statements: the staging table is a new relation every shard.
+        return psycopg.connect(self.dsn, autocommit=True, prepare_threshold=None)
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description is not None else []
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        try:
+            with self._conn.transaction():
+                yield
+        except BaseException:
+            # The CREATE TABLE of a first shard rolls back with it: create it again next time.
+            self._columns = None
+            raise
+
+    def _bulk_upsert(self, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+        cols = ", ".join(f'"{c}"' for c in columns)
+        self._execute(f'CREATE TEMP TABLE {STAGE} (LIKE "{self.table}" INCLUDING DEFAULTS) ON COMMIT DROP')
+        with self._conn.cursor() as cur:
+            with cur.copy(f"COPY {STAGE} ({cols}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(self.upsert_sql(columns, source=STAGE))
+
+    def _sql_type(self, t: pa.DataType) -> str:
+        if pa.types.is_boolean(t):
+            return "BOOLEAN"
+        if pa.types.is_integer(t):
+            return "BIGINT"
+        if pa.types.is_float32(t) or pa.types.is_float16(t):
+            return "REAL"
+        if pa.types.is_floating(t):
+            return "DOUBLE PRECISION"
+        if pa.types.is_timestamp(t):
+            return "TIMESTAMPTZ" if t.tz is not None else "TIMESTAMP"
+        if pa.types.is_date(t):
+            return "DATE"
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            return "BYTEA"
+        return "TEXT"
+
+    def commit(self, shard_id: str, table: pa.Table, rejects: list[dict[str, Any]]) -> None:
+        if self._conn.closed:  # lost (server restart, network): a retry starts over on a new connection
+            self._conn.close()
+            self._conn = self._connect()
+            self._columns = None
+        super().commit(shard_id, table, rejects)
+
+    def close(self) -> None:
+        self._conn.close()

@@ -1,0 +1,148 @@
+"""The Ray engine: the local engine's shard plan, manifest and output, scored by Ray Data.
+
+A dataset of the shards still to do goes through ``map_batches`` on an actor pool of
+``job.ray_actors`` model replicas (one shard per call). Actors only read and score; the driver
+commits every shard through the same sink as the local engine, so a killed job resumes the same
+way. ``ray.init`` runs only when Ray is not initialized yet (and ``ray.shutdown`` then at the end);
+``RAY_ADDRESS`` picks a cluster, whose nodes must all see the model folder and local inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlparse
+
+import orjson
+import pyarrow as pa
+
+from inferlane.core.errors import ConfigError
+from inferlane.lanes.batch.features import FeatureMapper
+from inferlane.lanes.batch.job import (
+    BatchJob,
+    Progress,
+    ShardFailed,
+    ShardResult,
+    load_model,
+    score_shard,
+    with_retries,
+)
+from inferlane.lanes.batch.sinks import Sink
+from inferlane.lanes.batch.sources import Shard, filesystem_for
+
+try:
+    import ray
+    import ray.data
+except ImportError as e:  # pragma: no cover - depends on the installed extras
+    raise ImportError("--engine ray needs Ray Data: pip install 'inferlane[ray]'", name="ray") from e
+
+log = logging.getLogger(__name__)
+
+
+class ShardScorer:
+    """One model replica (a Ray actor): loads the model once, scores one shard per call."""
+
+    def __init__(self, job: BatchJob) -> None:
+        self.job = job
+        self.model = load_model(job)
+        self.mapper = FeatureMapper.create(self.model.config, job.key, job.columns)
+        self.fs, _ = filesystem_for(job.input, job.endpoint_url)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        shard = Shard.from_dict(orjson.loads(batch.column("shard")[0].as_py()))
+        retries = [0]
+        out: dict[str, Any] = {"shard": shard.id, "table": b"", "rejects": b"[]", "rows_read": 0,
+                               "error": "", "config_error": ""}
+        try:
+            res = with_retries(lambda: score_shard(self.model, self.mapper, self.fs, shard, self.job.batch_size),
+                                 shard, self.job, retries)
+            assert res is not None
+            ipc = pa.BufferOutputStream()
+            with pa.ipc.new_stream(ipc, res.table.schema) as writer:
+                writer.write_table(res.table)
+            out.update(table=ipc.getvalue().to_pybytes(), rejects=orjson.dumps(res.rejects), rows_read=res.rows_read)
+        except ConfigError as e:  # bad usage: the driver stops the job, as the local engine does
+            out["config_error"] = e.message
+        except ShardFailed as e:  # reported by the driver; the job goes on
+            out["error"] = str(e)
+        return pa.table({k: [v] for k, v in {**out, "retries": retries[0]}.items()})
+
+
+def _init_ray() -> bool:
+    """Start Ray (or join RAY_ADDRESS's cluster) unless it runs already; True when done here."""
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(ignore_reinit_error=True, log_to_driver=False)
+    else:
+        ray.init(num_cpus=max(4, 2 * (os.cpu_count() or 1)), ignore_reinit_error=True, include_dashboard=False,
+                 log_to_driver=False)
+    return True
+
+
+def _absolute(shard: Shard) -> dict[str, Any]:
+    return replace(shard, file=replace(shard.file, path=os.path.abspath(shard.file.path))).to_dict()
+
+
+def run_ray(job: BatchJob, todo: list[Shard], sink: Sink, counters: dict[str, int], retries: list[int],
+            failed: list[str], progress: Progress) -> None:
+    if not todo:
+        return
+    started_here = _init_ray()
+    try:
+        actors = max(1, min(job.ray_actors, len(todo)))
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))  # type: ignore[no-untyped-call]
+        scheme = urlparse(job.input).scheme
+        threads = job.threads or max(1, (os.cpu_count() or 1) // actors)  # actors × threads ≈ cores
+        # Actors run in another working directory: relative local paths become absolute.
+        actor_job = replace(job, model=os.path.abspath(job.model), threads=threads,
+                            input=job.input if scheme else os.path.abspath(job.input))
+        local = scheme in ("", "file")
+        # JSON, not nested columns: Arrow would infer list<null> for a CSV shard's empty row groups.
+        items = [{"shard": orjson.dumps(_absolute(s) if local else s.to_dict()).decode()} for s in todo]
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # the job has its own
+        ctx.print_on_execution_start = False
+        results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(  # a block per shard
+            ShardScorer, fn_constructor_kwargs={"job": actor_job}, batch_size=1, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=min(1.0, cpus / (actors + 1)))
+        by_id = {s.id: s for s in todo}
+        rows = iter(results.iter_rows())
+        try:
+            for row in rows:
+                retries[0] += int(row["retries"])
+                if row["config_error"]:
+                    raise ConfigError(str(row["config_error"]))
+                if row["error"]:
+                    failed.append(str(row["error"]))
+                    log.error("%s", row["error"])
+                    continue
+                table = pa.ipc.open_stream(row["table"]).read_all()
+                res = ShardResult(by_id[str(row["shard"])], table, orjson.loads(row["rejects"]), int(row["rows_read"]))
+                _commit(job, sink, res, counters, retries, failed, progress)
+        finally:
+            getattr(rows, "close", lambda: None)()  # stops the pipeline when the job stops early
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _commit(job: BatchJob, sink: Sink, res: ShardResult, counters: dict[str, int], retries: list[int],
+            failed: list[str], progress: Progress) -> None:
+    """The local engine's commit: retried on transient errors; a permanent failure is reported."""
+    def attempt() -> ShardResult:
+        sink.commit(res.shard.id, res.table, res.rejects)
+        return res
+
+    try:
+        with_retries(attempt, res.shard, job, retries)
+    except ShardFailed as e:
+        failed.append(str(e))
+        log.error("%s", e)
+        return
+    counters["rows_read"] += res.rows_read
+    counters["rows_written"] += res.table.num_rows
+    counters["rows_rejected"] += len(res.rejects)
+    progress.advance(res.shard.rows)
