@@ -151,17 +151,20 @@ def test_corrupt_input_is_a_clear_error(model_repo: Path, tmp_path: Path) -> Non
 
 
 FLAKY = textwrap.dedent('''
+    import threading
     from pathlib import Path
 
     class Model:
         def load(self, version_dir):
-            self.counter = Path(version_dir) / "calls"
             self.fail_first = int((Path(version_dir) / "fail_first").read_text())
+            self.calls = 0
+            self.lock = threading.Lock()  # the batch lane scores two shards at once
 
         def predict(self, batch):
-            n = int(self.counter.read_text()) if self.counter.exists() else 0
-            self.counter.write_text(str(n + 1))
-            if 1 <= n <= self.fail_first:  # call 0 is the warm-up
+            with self.lock:
+                n = self.calls
+                self.calls += 1
+            if n < self.fail_first:
                 raise ConnectionError(f"feature service unreachable (call {n})")
             return {"score": batch["features"].sum(axis=1)}
 ''')
@@ -270,3 +273,13 @@ def test_schedule_warns_at_the_start_when_the_deadline_is_at_risk(model_repo: Pa
     assert (tmp_path / f"out-{day}" / "_inferlane" / "report.json").exists()
     lines = history.read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[-1])["rows_written"] == 500
+
+
+def test_csv_shard_plan_counts_rows_exactly(tmp_path: Path) -> None:
+    from inferlane.lanes.batch.sources import filesystem_for, list_inputs, plan_shards
+
+    (tmp_path / "a.csv").write_text("id,x\n" + "".join(f"{i},1\n" for i in range(1500)))
+    (tmp_path / "b.jsonl").write_text("".join(f'{{"id": {i}}}\n' for i in range(10)) + '{"id": 10}')
+    fs, path = filesystem_for(str(tmp_path))
+    shards = plan_shards(fs, list_inputs(str(tmp_path), fs, path), 1000)
+    assert [(s.start, s.stop) for s in shards] == [(0, 1000), (1000, 1500), (0, 11)]

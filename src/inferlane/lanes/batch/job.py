@@ -215,7 +215,7 @@ def run_batch(job: BatchJob, on_start: Callable[[dict[str, Any]], None] | None =
             "model": model.name, "version": model.version}
     if on_start:
         on_start(info)
-    total_rows = sum(min(s.rows, s.stop - s.start) for s in todo)
+    total_rows = sum(s.rows for s in todo)
     progress = Progress(total_rows, job.progress)
     counters = {"rows_read": 0, "rows_written": 0, "rows_rejected": 0}
     retries = [0]

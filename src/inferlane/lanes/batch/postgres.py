@@ -48,13 +48,8 @@ class PostgresSink(SqlSink):
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        try:
-            with self._conn.transaction():
-                yield
-        except BaseException:
-            # The CREATE TABLE of a first shard rolls back with it: create it again next time.
-            self._columns = None
-            raise
+        with self._conn.transaction():
+            yield
 
     def _bulk_upsert(self, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
         cols = ", ".join(f'"{c}"' for c in columns)

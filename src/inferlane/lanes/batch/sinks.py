@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlparse, urlunparse
 
 import orjson
 import pyarrow as pa
@@ -239,14 +239,18 @@ class SqlSink:
             _atomic_write(self.rejects_dir / f"part-{shard_id}.jsonl",
                           lambda p: p.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rejects)))
         p = self.placeholder
-        with self._transaction():
-            if flat.num_rows:
-                columns = self._ensure_table(flat)
-                rows = list(zip(*(flat.column(c).to_pylist() for c in columns), strict=True))
-                self._bulk_upsert(columns, rows)
-            self._execute(f"INSERT INTO inferlane_batch_manifest VALUES ({p}, {p}, {p}, {p}, {p}) "
-                          "ON CONFLICT (job_id, shard) DO NOTHING",
-                          (self.job_id, shard_id, flat.num_rows, len(rejects), time.time()))
+        try:
+            with self._transaction():
+                if flat.num_rows:
+                    columns = self._ensure_table(flat)
+                    rows = list(zip(*(flat.column(c).to_pylist() for c in columns), strict=True))
+                    self._bulk_upsert(columns, rows)
+                self._execute(f"INSERT INTO inferlane_batch_manifest VALUES ({p}, {p}, {p}, {p}, {p}) "
+                              "ON CONFLICT (job_id, shard) DO NOTHING",
+                              (self.job_id, shard_id, flat.num_rows, len(rejects), time.time()))
+        except BaseException:
+            self._columns = None  # a rolled-back CREATE TABLE must run again on the retry
+            raise
 
     def write_report(self, report: dict[str, Any]) -> str:
         self.rejects_dir.mkdir(parents=True, exist_ok=True)
@@ -312,8 +316,9 @@ def open_sink(output: str, *, job_id: str, fingerprint: str, key: list[str], tab
     if parsed.scheme in ("postgres", "postgresql"):
         from inferlane.lanes.batch.postgres import PostgresSink
 
+        query = [(k, v) for k, v in parse_qsl(parsed.query) if k != "table"]
         tbl = table or parse_qs(parsed.query).get("table", ["predictions"])[0]
-        dsn = output.split("?table=")[0]
+        dsn = urlunparse(parsed._replace(query=urlencode(query)))
         return PostgresSink(dsn, tbl, key, job_id, fingerprint, rejects_dir or default_rejects)
     if parsed.scheme not in ("", "file"):
         raise ConfigError(f"--output {output}: use a folder, sqlite:///file.db or postgresql://...")

@@ -131,8 +131,9 @@ def list_inputs(uri: str, fs: pafs.FileSystem, path: str, forced: Format | None 
     return files
 
 
-def _line_offsets(fs: pafs.FileSystem, f: InputFile, every: int, skip_header: bool) -> list[int]:
-    """Byte offsets where data lines 0, every, 2*every, ... begin, then the file's size."""
+def _line_offsets(fs: pafs.FileSystem, f: InputFile, every: int, skip_header: bool) -> tuple[list[int], int]:
+    """(byte offsets where data lines 0, every, 2*every, ... begin, then the file's size;
+    the number of data lines)."""
     starts = [np.zeros(1, dtype=np.int64)]
     pos = 0
     with fs.open_input_stream(f.path) as s:
@@ -143,7 +144,7 @@ def _line_offsets(fs: pafs.FileSystem, f: InputFile, every: int, skip_header: bo
     lines = np.concatenate(starts)
     lines = lines[lines < pos]  # a final newline starts no line
     data = lines[1:] if skip_header else lines
-    return [int(x) for x in data[::every]] + [pos]
+    return [int(x) for x in data[::every]] + [pos], len(data)
 
 
 def plan_shards(fs: pafs.FileSystem, files: list[InputFile], shard_rows: int) -> list[Shard]:
@@ -166,10 +167,10 @@ def plan_shards(fs: pafs.FileSystem, files: list[InputFile], shard_rows: int) ->
                     start += rows
                     group, rows = [], 0
         else:
-            offsets = _line_offsets(fs, f, shard_rows, skip_header=f.format == "csv")
+            offsets, lines = _line_offsets(fs, f, shard_rows, skip_header=f.format == "csv")
             for k in range(len(offsets) - 1):
                 start = k * shard_rows
-                shards.append(Shard(f"{fi:05d}-{start:012d}", f, start, start + shard_rows, (),
+                shards.append(Shard(f"{fi:05d}-{start:012d}", f, start, min(start + shard_rows, lines), (),
                                     offsets[k], offsets[k + 1]))
     return shards
 

@@ -1,0 +1,294 @@
+"""Crash and resume: a batch job SIGKILLed mid-run and re-run gives exactly the rows of an
+uninterrupted run (Parquet folder and PostgreSQL), and a PostgreSQL connection killed during a
+job is retried on a new connection."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from inferlane.demo.models import synthetic_transactions
+from inferlane.lanes.batch import BatchJob, run_batch
+
+N_ROWS = 120_000
+SHARD_ROWS = 10_000
+N_SHARDS = N_ROWS // SHARD_ROWS
+# Small forward passes on one thread: each shard takes long enough to be killed between two.
+SPEED = {"batch_size": 256, "threads": 1}
+VALUE_COLUMNS = ["id", "label", "probabilities_0", "probabilities_1", "model_name", "model_version"]
+
+
+@pytest.fixture(scope="module")
+def big_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One Parquet file: id (int64) + f0..f29 (float32), one row group per shard."""
+    x, _ = synthetic_transactions(N_ROWS, seed=11)
+    cols: dict[str, Any] = {"id": np.arange(5_000_000, 5_000_000 + N_ROWS, dtype=np.int64)}
+    cols.update({f"f{i}": x[:, i] for i in range(x.shape[1])})
+    path = tmp_path_factory.mktemp("resume-input") / "transactions.parquet"
+    pq.write_table(pa.table(cols), path, row_group_size=SHARD_ROWS)
+    assert pq.ParquetFile(path).metadata.num_row_groups == N_SHARDS
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(model_repo: Path, big_input: Path, tmp_path_factory: pytest.TempPathFactory) -> pa.Table:
+    """An uninterrupted run to a Parquet folder, sorted by id, without scored_at."""
+    out = tmp_path_factory.mktemp("resume-reference") / "out"
+    report = run_batch(job(model_repo, big_input, str(out), "reference"))
+    assert report["status"] == "succeeded" and report["rows_written"] == N_ROWS
+    return flatten(pq.read_table(out).drop_columns(["scored_at"]).sort_by("id"))
+
+
+def flatten(table: pa.Table) -> pa.Table:
+    from inferlane.lanes.batch.sinks import flatten_lists
+
+    return flatten_lists(table)
+
+
+def job(model_repo: Path, inp: Path, output: str, job_id: str, **kw: Any) -> BatchJob:
+    args: dict[str, Any] = {"model": str(model_repo / "fraud"), "input": str(inp), "output": output, "key": ["id"],
+                            "job_id": job_id, "shard_rows": SHARD_ROWS, "progress": False, **SPEED}
+    args.update(kw)
+    return BatchJob(**args)
+
+
+def cli(model_repo: Path, inp: Path, output: str, job_id: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "inferlane", "batch", "run", "--model", str(model_repo / "fraud"),
+            "--input", str(inp), "--output", output, "--key", "id", "--job-id", job_id,
+            "--shard-rows", str(SHARD_ROWS), "--batch-size", str(SPEED["batch_size"]),
+            "--threads", str(SPEED["threads"]), "--quiet", "--json", *extra]
+
+
+def kill_mid_run(cmd: list[str], committed: Callable[[], int], log: Path) -> int:
+    """Start the job, SIGKILL it once at least one shard is committed but not all; returns how
+    many shards the manifest held when it died."""
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=log.parent)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            n = committed()
+            if 1 <= n < N_SHARDS:
+                proc.send_signal(signal.SIGKILL)
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"the job ended (exit {proc.returncode}) with {n} shards committed before it "
+                            f"could be killed mid-run:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no shard committed in 60 s:\n{log.read_text()}")
+            time.sleep(0.005)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    after = committed()
+    assert 1 <= after < N_SHARDS, f"{after} shards committed when the job died"
+    return after
+
+
+def resume(cmd: list[str], cwd: Path) -> dict[str, Any]:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=90, cwd=cwd)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return report
+
+
+def check_resume_report(report: dict[str, Any], committed_at_kill: int) -> None:
+    assert report["status"] == "succeeded", report
+    assert report["shards_total"] == N_SHARDS
+    assert report["shards_skipped_already_done"] > 0
+    assert report["shards_skipped_already_done"] >= committed_at_kill
+    assert report["shards_skipped_already_done"] + report["shards_committed"] == N_SHARDS
+    assert report["shards_failed"] == 0
+    assert report["rows_written"] == report["rows_read"] == N_ROWS
+
+
+# Parquet folder -----------------------------------------------------------------------------------
+
+def manifest_lines(out: Path) -> int:
+    path = out / "_inferlane" / "manifest.jsonl"
+    if not path.exists():
+        return 0
+    n = 0
+    for line in path.read_bytes().splitlines():
+        try:
+            orjson.loads(line)
+        except orjson.JSONDecodeError:  # a torn last line is not a record
+            continue
+        n += 1
+    return n
+
+
+def test_parquet_job_killed_mid_run_resumes_to_the_same_rows(model_repo: Path, big_input: Path,
+                                                              reference: pa.Table, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cmd = cli(model_repo, big_input, str(out), "resume-parquet")
+    committed = kill_mid_run(cmd, lambda: manifest_lines(out), tmp_path / "killed.log")
+
+    report = resume(cmd, tmp_path)
+    check_resume_report(report, committed)
+    assert manifest_lines(out) == N_SHARDS
+    assert sorted(p.name for p in out.glob("part-*")) == [f"part-00000-{i * SHARD_ROWS:012d}.parquet"
+                                                          for i in range(N_SHARDS)]
+    assert not list(out.glob(".tmp-*"))
+
+    rows = pq.read_table(out)
+    assert rows.num_rows == N_ROWS
+    assert len(pc.unique(rows["id"])) == N_ROWS
+    got = flatten(rows.drop_columns(["scored_at"]).sort_by("id"))
+    assert got.equals(reference)
+    assert reference["id"].to_pylist() == list(range(5_000_000, 5_000_000 + N_ROWS))
+
+
+# PostgreSQL ---------------------------------------------------------------------------------------
+
+def manifest_rows(conn: psycopg.Connection[Any], job_id: str) -> int:
+    """Shards committed by the job (``conn`` in autocommit mode)."""
+    try:
+        row = conn.execute("SELECT count(*) FROM inferlane_batch_manifest WHERE job_id = %s", (job_id,)).fetchone()
+    except psycopg.errors.UndefinedTable:  # the job has not created its tables yet
+        return 0
+    assert row is not None
+    return int(row[0])
+
+
+def table_rows(dsn: str, table: str) -> list[tuple[Any, ...]]:
+    cols = ", ".join(VALUE_COLUMNS)
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(f"SELECT {cols} FROM {table} ORDER BY id").fetchall()
+
+
+def check_table(dsn: str, table: str, reference: pa.Table) -> None:
+    """Exactly the reference rows: no duplicates, nothing missing, same values (REAL = float32)."""
+    with psycopg.connect(dsn) as conn:
+        count, distinct = conn.execute(f"SELECT count(*), count(DISTINCT id) FROM {table}").fetchone()
+        types = dict(conn.execute("SELECT column_name, data_type FROM information_schema.columns "
+                                  "WHERE table_name = %s", (table,)).fetchall())
+    assert count == distinct == N_ROWS
+    assert types == {"id": "bigint", "label": "bigint", "probabilities_0": "real", "probabilities_1": "real",
+                     "model_name": "text", "model_version": "text", "scored_at": "timestamp with time zone"}
+    rows = table_rows(dsn, table)
+    got = {c: [r[i] for r in rows] for i, c in enumerate(VALUE_COLUMNS)}
+    for c in VALUE_COLUMNS:
+        want = reference[c].to_pylist()
+        if c.startswith("probabilities"):
+            np.testing.assert_array_equal(np.asarray(got[c], np.float32), np.asarray(want, np.float32), err_msg=c)
+        else:
+            assert got[c] == want, c
+
+
+def test_postgres_job_killed_mid_run_resumes_to_the_same_rows(model_repo: Path, big_input: Path,
+                                                               reference: pa.Table, postgres_dsn: str,
+                                                               tmp_path: Path) -> None:
+    # An uninterrupted run into another table, then a killed-and-resumed one.
+    ref = run_batch(job(model_repo, big_input, postgres_dsn, "pg-reference", table="scores_reference",
+                        rejects_dir=str(tmp_path / "ref-rejects")))
+    assert ref["status"] == "succeeded" and ref["rows_written"] == N_ROWS
+
+    cmd = cli(model_repo, big_input, postgres_dsn, "pg-resume", "--table", "scores_resumed",
+              "--rejects-dir", str(tmp_path / "rejects"))
+    with psycopg.connect(postgres_dsn, autocommit=True) as poll:
+        committed = kill_mid_run(cmd, lambda: manifest_rows(poll, "pg-resume"), tmp_path / "killed.log")
+        report = resume(cmd, tmp_path)
+        check_resume_report(report, committed)
+        assert manifest_rows(poll, "pg-resume") == N_SHARDS
+
+    assert table_rows(postgres_dsn, "scores_resumed") == table_rows(postgres_dsn, "scores_reference")
+    check_table(postgres_dsn, "scores_resumed", reference)
+
+    # A third run finds everything done and writes nothing new.
+    again = resume(cmd, tmp_path)
+    assert again["shards_skipped_already_done"] == N_SHARDS and again["shards_committed"] == 0
+    check_table(postgres_dsn, "scores_resumed", reference)
+
+
+def test_postgres_connection_killed_during_a_job_is_retried(model_repo: Path, big_input: Path,
+                                                            reference: pa.Table, postgres_dsn: str,
+                                                            tmp_path: Path) -> None:
+    job_id = "pg-transient"
+    spec = job(model_repo, big_input, postgres_dsn, job_id, table="scores_transient", retries=3,
+               retry_backoff_s=0.05, rejects_dir=str(tmp_path / "rejects"))
+    terminated = 0
+    with ThreadPoolExecutor(1) as pool, psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        running = pool.submit(run_batch, spec)
+        deadline = time.monotonic() + 60
+        while not terminated:
+            assert not running.done(), f"the job ended before its connection could be killed: {running.result()}"
+            assert time.monotonic() < deadline, "no shard committed in 60 s"
+            n = manifest_rows(admin, job_id)
+            if 1 <= n <= N_SHARDS - 3:  # mid-job: at least two more shards still to commit
+                # The server drops the job's connection, as a failover or an administrator would.
+                killed = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND backend_type = 'client backend'").fetchall()
+                terminated = sum(1 for (ok,) in killed if ok)
+                assert terminated >= 1
+            time.sleep(0.005)
+        report = running.result(timeout=90)
+        assert manifest_rows(admin, job_id) == N_SHARDS
+
+    assert report["status"] == "succeeded", report
+    assert report["retries"] >= 1
+    assert report["shards_failed"] == 0 and report["shards_committed"] == N_SHARDS
+    assert report["rows_written"] == N_ROWS
+    check_table(postgres_dsn, "scores_transient", reference)
+
+
+def test_postgres_shard_failing_in_its_transaction_leaves_nothing_and_retries_whole(
+        postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure after the upsert rolls back the shard's rows, its manifest row and the first
+    shard's CREATE TABLE; the retry creates the table again. Committing a shard twice (a COMMIT
+    whose acknowledgement was lost) does not duplicate rows; a closed connection is reopened."""
+    from inferlane.lanes.batch.postgres import PostgresSink
+
+    sink = PostgresSink(postgres_dsn, "scores_rollback", ["id"], "pg-rollback", "fp", tmp_path / "rejects")
+    at = datetime(2026, 11, 23, 4, 5, 6, tzinfo=UTC)
+    table = pa.table({"id": pa.array([1, 2, 3], pa.int64()), "p": pa.array([0.5, 0.25, 1.0], pa.float32()),
+                      "score": [0.1, 0.2, 0.3], "ok": [True, False, True], "name": ["a", "b", "c"],
+                      "at": pa.array([at] * 3, pa.timestamp("us", tz="UTC"))})
+    real = sink._bulk_upsert
+
+    def upsert_then_fail(columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+        real(columns, rows)
+        raise psycopg.OperationalError("injected: connection lost before COMMIT")
+
+    monkeypatch.setattr(sink, "_bulk_upsert", upsert_then_fail)
+    with pytest.raises(psycopg.OperationalError, match="injected"):
+        sink.commit("s0", table, [])
+    monkeypatch.undo()
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('scores_rollback')").fetchone() == (None,)
+        assert manifest_rows(conn, "pg-rollback") == 0
+        assert sink.finished_shards() == {}
+
+        sink.commit("s0", table, [])
+        sink.commit("s0", table, [])
+        sink._conn.close()
+        sink.commit("s1", pa.table({"id": pa.array([4], pa.int64()), "p": pa.array([2.0], pa.float32()),
+                                    "score": [0.4], "ok": [False], "name": ["d"],
+                                    "at": pa.array([at], pa.timestamp("us", tz="UTC"))}), [])
+        sink.close()
+        rows = conn.execute("SELECT id, p, score, ok, name, at FROM scores_rollback ORDER BY id").fetchall()
+        types = dict(conn.execute("SELECT column_name, data_type FROM information_schema.columns "
+                                  "WHERE table_name = 'scores_rollback'").fetchall())
+        assert manifest_rows(conn, "pg-rollback") == 2
+    assert rows == [(1, 0.5, 0.1, True, "a", at), (2, 0.25, 0.2, False, "b", at), (3, 1.0, 0.3, True, "c", at),
+                    (4, 2.0, 0.4, False, "d", at)]
+    assert types == {"id": "bigint", "p": "real", "score": "double precision", "ok": "boolean", "name": "text",
+                     "at": "timestamp with time zone"}
