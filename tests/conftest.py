@@ -70,9 +70,12 @@ class Server:
         return f"127.0.0.1:{self.port}"
 
 
-def _serve(repo: Path, log: Path, extra: list[str] | None = None) -> Iterator[Server]:
+def _serve(repo: Path, log: Path, extra: list[str] | None = None,
+           env: dict[str, str] | None = None) -> Iterator[Server]:
     port = free_port()
-    proc = start_server(repo, port, log_path=log, extra=extra)
+    # Each server keeps its job store next to its log, never in the working directory.
+    env = {"INFERLANE_JOBS_STORE": f"sqlite:///{log.parent / 'jobs.db'}", **(env or {})}
+    proc = start_server(repo, port, log_path=log, extra=extra, env=env)
     try:
         wait_ready(port, proc)
     except Exception:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from inferlane.core.batcher import DynamicBatcher, Prediction
+from inferlane.core.batcher import BACKGROUND, DynamicBatcher, Prediction
 from inferlane.core.clock import FakeClock
 from inferlane.core.errors import BatchSizeMismatch, DeadlineExceeded, ModelError, QueueFull
 from inferlane.core.spec import BatchingPolicy
@@ -226,4 +226,24 @@ async def test_deadline_already_passed_is_refused_at_submit() -> None:
     with pytest.raises(DeadlineExceeded, match="before it was queued"):
         await b.submit({"x": np.zeros((1, 2), np.float32)}, rows=1, elements=2, deadline=clock.now())
     assert rec.calls == []
+    await b.close()
+
+
+async def test_online_requests_go_before_queued_background_work() -> None:
+    clock, rec = FakeClock(), Recorder(block=True)
+    seen: list[float] = []
+    rec.fn = lambda x: (seen.extend(x[:, 0].tolist()), x)[1]
+    b = make(rec, clock, max_batch_size=2, max_queue_delay_ms=0)
+    first = submit(b, clock, -1.0)
+    await asyncio.to_thread(rec.started.wait, 5)
+    x = np.zeros((1, 2), np.float32)
+    jobs = [asyncio.ensure_future(b.submit({"x": x + 10 + i}, rows=1, elements=2, deadline=clock.now() + 10,
+                                           priority=BACKGROUND)) for i in range(3)]
+    await settle()
+    online = [submit(b, clock, 1.0), submit(b, clock, 2.0)]
+    await settle()
+    rec.gate.set()
+    await asyncio.gather(first, *online, *jobs)
+    assert seen == [-1.0, 1.0, 2.0, 10.0, 11.0, 12.0]  # online jumped the three queued jobs
+    assert rec.calls == [1, 2, 2, 1]
     await b.close()

@@ -80,9 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["critical", "error", "warning", "info", "debug"], help="default info")
     s.set_defaults(func=_serve)
 
-    from inferlane.cli import batch
+    from inferlane.cli import batch, jobs
 
     batch.add_parser(sub)
+    jobs.add_parser(sub)
 
     m = sub.add_parser("models", help="model repository tools")
     msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")

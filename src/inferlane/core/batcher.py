@@ -9,6 +9,10 @@ request has waited ``max_queue_delay``, or earlier when waiting longer would mak
 request miss its deadline given the measured forward time. Waits are timers and futures on the
 event loop (no polling). Each request also has a deadline timer: when it fires the caller gets
 DeadlineExceeded at once and, if the request is still queued, it never reaches the model.
+
+Requests have a priority: ``ONLINE`` (the default) or ``BACKGROUND`` (jobs). A batch takes every
+queued online request it can hold first and fills the remaining rows with background requests,
+so a flood of jobs delays an online request by at most the batch already running.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from inferlane.core.spec import BatchingPolicy
 log = logging.getLogger(__name__)
 
 Forward = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+ONLINE, BACKGROUND = 0, 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,7 @@ class _Pending:
     deadline: float
     enqueued: float
     future: asyncio.Future[Prediction]
+    priority: int = ONLINE
     timer: Timer | None = None
     queued: bool = True
 
@@ -104,7 +110,8 @@ class DynamicBatcher:
             max_workers=policy.max_inflight_batches, thread_name_prefix=f"forward-{name}")
         self._observer = observer
         self._name = name
-        self._queue: deque[_Pending] = deque()
+        self._queues: tuple[deque[_Pending], deque[_Pending]] = (deque(), deque())
+        self._live_by_priority = [0, 0]
         self._live = 0
         self._live_rows = 0
         self._live_elements = 0
@@ -137,7 +144,7 @@ class DynamicBatcher:
 
     async def submit(
         self, inputs: Mapping[str, np.ndarray], *, rows: int, elements: int, deadline: float,
-        key: Hashable = None,
+        key: Hashable = None, priority: int = ONLINE,
     ) -> Prediction:
         """Queue one request (``rows`` rows along the first dimension) and wait for its outputs.
 
@@ -150,16 +157,17 @@ class DynamicBatcher:
         now = self._clock.now()
         if deadline <= now:
             raise DeadlineExceeded("the request's deadline passed before it was queued")
-        if self._live >= self._policy.max_queue_size:
+        if self._live_by_priority[priority] >= self._policy.max_queue_size:
             raise QueueFull(
-                f"model {self._name} has {self._live} requests queued (max_queue_size "
+                f"model {self._name} has {self._live_by_priority[priority]} requests queued (max_queue_size "
                 f"{self._policy.max_queue_size}); retry later", retry_after=self._retry_after())
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self._name}")
         fut: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
-        p = _Pending(inputs, rows, elements, key, deadline, now, fut)
+        p = _Pending(inputs, rows, elements, key, deadline, now, fut, priority)
         p.timer = self._clock.call_at(deadline, lambda: self._expire(p))
-        self._queue.append(p)
+        self._queues[priority].append(p)
+        self._live_by_priority[priority] += 1
         self._live += 1
         self._live_rows += rows
         self._live_elements += elements
@@ -177,10 +185,11 @@ class DynamicBatcher:
         self._closed = True
         while self._inflight:
             await self._sleep("slot", None)
-        for p in self._queue:
-            if not p.future.done():
-                p.future.set_exception(ModelNotReady(f"model {self._name} was unloaded"))
-        self._queue.clear()
+        for q in self._queues:
+            for p in q:
+                if not p.future.done():
+                    p.future.set_exception(ModelNotReady(f"model {self._name} was unloaded"))
+            q.clear()
         if self._task is not None:
             self._task.cancel()
         if self._own_executor:
@@ -198,6 +207,7 @@ class DynamicBatcher:
     def _drop(self, p: _Pending) -> None:
         if p.queued:
             p.queued = False
+            self._live_by_priority[p.priority] -= 1
             self._live -= 1
             self._live_rows -= p.rows
             self._live_elements -= p.elements
@@ -227,10 +237,13 @@ class DynamicBatcher:
                 timer.cancel()
 
     def _head(self) -> _Pending | None:
-        q = self._queue
-        while q and not q[0].queued:
-            q.popleft()
-        return q[0] if q else None
+        """The oldest online request, else the oldest background one."""
+        for q in self._queues:
+            while q and not q[0].queued:
+                q.popleft()
+            if q:
+                return q[0]
+        return None
 
     async def _run(self) -> None:
         while not self._closed:
@@ -257,27 +270,27 @@ class DynamicBatcher:
         batch = _Batch()
         elements = 0
         key: Hashable = None
-        q = self._queue
-        while q:
-            p = q[0]
-            if not p.queued:
+        for q in self._queues:  # online first, then background fills the rest
+            while q:
+                p = q[0]
+                if not p.queued:
+                    q.popleft()
+                    continue
+                if batch.items:
+                    if (not self._policy.enabled or p.key != key or batch.rows + p.rows > self._max_rows
+                            or elements + p.elements > self._budget):
+                        break
+                else:
+                    key = p.key
                 q.popleft()
-                continue
-            if batch.items:
-                if p.key != key or batch.rows + p.rows > self._max_rows or elements + p.elements > self._budget:
-                    break
-            else:
-                key = p.key
-            q.popleft()
-            p.queued = False
-            self._live -= 1
-            self._live_rows -= p.rows
-            self._live_elements -= p.elements
-            batch.items.append(p)
-            batch.rows += p.rows
-            elements += p.elements
-            if not self._policy.enabled:
-                break
+                p.queued = False
+                self._live_by_priority[p.priority] -= 1
+                self._live -= 1
+                self._live_rows -= p.rows
+                self._live_elements -= p.elements
+                batch.items.append(p)
+                batch.rows += p.rows
+                elements += p.elements
         return batch
 
     def _run_batch(self, items: list[_Pending], rows: int) -> list[dict[str, np.ndarray]]:

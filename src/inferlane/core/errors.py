@@ -7,6 +7,8 @@ decide error semantics themselves (DESIGN.md, "Error semantics")::
     ├── InvalidInput          400  INVALID_ARGUMENT
     ├── PayloadTooLarge       413  RESOURCE_EXHAUSTED
     ├── ModelNotFound         404  NOT_FOUND
+    ├── NotFound              404  NOT_FOUND       (a job id)
+    ├── Conflict              409  FAILED_PRECONDITION
     ├── Unavailable           503  UNAVAILABLE
     │   ├── QueueFull         503  UNAVAILABLE  (+ Retry-After)
     │   └── ModelNotReady     503  UNAVAILABLE
@@ -52,6 +54,20 @@ class ModelNotFound(InferlaneError):
 
     http_status = 404
     grpc_code = "NOT_FOUND"
+
+
+class NotFound(InferlaneError):
+    """No such job (or other resource)."""
+
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+
+
+class Conflict(InferlaneError):
+    """The resource is not in a state that allows the request (e.g. cancelling a running job)."""
+
+    http_status = 409
+    grpc_code = "FAILED_PRECONDITION"
 
 
 class Unavailable(InferlaneError):

@@ -37,6 +37,20 @@ class Metrics:
         self.inflight = Gauge("inferlane_inflight_batches", "Batches running a forward pass",
                               _LABELS, registry=r)
 
+        # The jobs lane: what an autoscaler needs (backlog, lag) and what an operator watches.
+        self.jobs_backlog = Gauge("inferlane_jobs_backlog", "Queued jobs (all models in the store)",
+                                  ["lane"], registry=r)
+        self.jobs_running = Gauge("inferlane_jobs_running", "Jobs held by a worker", ["lane"], registry=r)
+        self.jobs_oldest_age = Gauge("inferlane_jobs_oldest_queued_age_seconds",
+                                     "Age of the oldest claimable queued job", ["lane"], registry=r)
+        self.job_latency = Histogram("inferlane_job_duration_seconds", "Submit to final state, per job",
+                                     _LABELS, buckets=(*_LATENCY_BUCKETS, 60.0, 300.0, 900.0, 3600.0),
+                                     registry=r)
+        self.job_attempts = Counter("inferlane_job_attempts_total", "Job attempts started by this process",
+                                    _LABELS, registry=r)
+        self.job_outcomes = Counter("inferlane_job_outcomes_total", "Job attempts by outcome",
+                                    (*_LABELS, "outcome"), registry=r)
+
     def batch_observer(self, model: str, version: str, lane: str = "online") -> BatchMetrics:
         return BatchMetrics(self, model, version, lane)
 

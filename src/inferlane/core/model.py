@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from inferlane.core.batcher import BatchObserver, DynamicBatcher, Prediction
+from inferlane.core.batcher import ONLINE, BatchObserver, DynamicBatcher, Prediction
 from inferlane.core.clock import Clock, MonotonicClock
 from inferlane.core.datatypes import to_numpy
 from inferlane.core.errors import ConfigError, InvalidInput, ModelError, PayloadTooLarge
@@ -151,11 +151,12 @@ class ModelVersion:
             y = self._post(y)
         return self._check_outputs(y, rows)
 
-    async def infer(self, inputs: Mapping[str, np.ndarray], deadline: float) -> Prediction:
-        """Validate one request and run it through the batcher."""
+    async def infer(self, inputs: Mapping[str, np.ndarray], deadline: float, priority: int = ONLINE) -> Prediction:
+        """Validate one request and run it through the batcher (``BACKGROUND`` for jobs)."""
         rows, elements, key = self.check_inputs(inputs)
         assert self.batcher is not None, "start_batcher() before infer()"
-        return await self.batcher.submit(inputs, rows=rows, elements=elements, deadline=deadline, key=key)
+        return await self.batcher.submit(inputs, rows=rows, elements=elements, deadline=deadline, key=key,
+                                         priority=priority)
 
     def warmup_batches(self) -> list[dict[str, np.ndarray]]:
         """Warm-up inputs: the declared ones, else generated from the signature."""

@@ -102,7 +102,7 @@ def run_demo(workdir: Path | None = None, requests: int = 4000, concurrency: int
               f"{model_dir / '1' / 'model.onnx'} + {model_dir / 'model.yaml'}")
         port = free_port()
         _step(f"inferlane serve {repo} --port {port}")
-        proc = start_server(repo, port)
+        proc = start_server(repo, port, env={"INFERLANE_JOBS_STORE": f"sqlite:///{repo.parent / 'jobs.db'}"})
         try:
             t0 = time.perf_counter()
             wait_ready(port, proc)

@@ -16,9 +16,11 @@ import uvicorn
 from starlette.applications import Starlette
 
 from inferlane.core.metrics import Metrics
+from inferlane.lanes.jobs import JobsLane, JobWorker
 from inferlane.lanes.online import OnlineLane
 from inferlane.rollout.registry import ModelRegistry
 from inferlane.server.settings import ServerSettings
+from inferlane.store.jobs import open_job_store
 from inferlane.transport.http.app import build_http_app
 
 log = logging.getLogger("inferlane.server")
@@ -31,22 +33,31 @@ def create_app(settings: ServerSettings) -> Starlette:
     registry = ModelRegistry.from_repository(settings.model_repository,
                                              observer_factory=metrics.batch_observer)
     lane = OnlineLane(registry, metrics)
+    store = open_job_store(settings.jobs_store)
+    jobs = JobsLane(registry, store, settings.jobs_settings(), metrics)
+    worker = JobWorker(jobs) if settings.jobs_workers > 0 else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async def load() -> None:
-            # Errors are logged and kept in registry.load_error; readiness stays false.
-            with contextlib.suppress(Exception):
+        async def load_then_work() -> None:
+            try:
                 await registry.load_all()
+            except Exception:  # logged, kept in registry.load_error; readiness stays false
+                return
+            if worker is not None:
+                await worker.run()
 
-        loader = asyncio.get_running_loop().create_task(load())
+        background = asyncio.get_running_loop().create_task(load_then_work())
         try:
             yield
         finally:
-            loader.cancel()
+            if worker is not None:
+                await worker.stop(settings.graceful_timeout_s)
+            background.cancel()
             await registry.close()
+            store.close()
 
-    app = build_http_app(lane, lifespan, body_timeout_s=settings.body_timeout_s)
+    app = build_http_app(lane, lifespan, body_timeout_s=settings.body_timeout_s, jobs=jobs)
     app.state.registry = registry
     app.state.metrics = metrics
     return app

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inferlane.core.errors import ConfigError
+from inferlane.lanes.jobs import JobsSettings
 
 ENV_PREFIX = "INFERLANE_"
 
@@ -32,6 +33,28 @@ class ServerSettings(BaseModel):
     """Logging level."""
     body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     """Longest a client may take to send a request body (408 past it)."""
+    jobs_store: str = "sqlite:///.inferlane/jobs.db"
+    """Job store: sqlite:///path.db (one machine) or redis://host:port/db (many workers, many hosts)."""
+    jobs_workers: int = Field(default=4, ge=0, le=1024)
+    """Jobs this server runs at once (0: accept jobs, leave running them to `inferlane jobs worker`)."""
+    jobs_ttl_s: float = Field(default=86_400.0, gt=0)
+    """How long finished jobs keep their results."""
+    jobs_max_attempts: int = Field(default=3, ge=1, le=100)
+    """Attempts before a job is dead-lettered (status failed)."""
+    jobs_lease_s: float = Field(default=60.0, gt=0)
+    """A worker silent for this long is presumed dead and its job runs again elsewhere."""
+    jobs_retry_backoff_s: float = Field(default=1.0, ge=0)
+    """First retry delay of a failed job attempt (doubles each attempt)."""
+    jobs_results_uri: str = ".inferlane/results"
+    """Folder or s3:// prefix for results too large to keep inline."""
+    jobs_local_root: Path | None = None
+    """Folder that input_uri/output_uri local paths may use (unset: local paths refused)."""
+    jobs_callback_secret: str | None = Field(default=None, repr=False)
+    """HMAC-SHA256 key for the Inferlane-Signature header on callbacks."""
+    jobs_callback_allow_private: bool = False
+    """Allow callback URLs on loopback or private networks."""
+    s3_endpoint_url: str | None = None
+    """Object-store endpoint for s3:// URIs (MinIO, Ceph, ...)."""
     graceful_timeout_s: float = Field(default=30.0, ge=0)
     """On SIGTERM: longest wait for in-flight requests before exiting."""
 
@@ -50,4 +73,12 @@ class ServerSettings(BaseModel):
             raise ConfigError(f"invalid server settings: {problems}") from e
 
     def to_env(self) -> dict[str, str]:
-        return {ENV_PREFIX + k.upper(): str(v) for k, v in self.model_dump().items()}
+        return {ENV_PREFIX + k.upper(): str(v) for k, v in self.model_dump().items() if v is not None}
+
+    def jobs_settings(self) -> JobsSettings:
+        return JobsSettings(
+            lease_s=self.jobs_lease_s, ttl_s=self.jobs_ttl_s, max_attempts=self.jobs_max_attempts,
+            retry_backoff_s=self.jobs_retry_backoff_s, results_uri=self.jobs_results_uri,
+            local_root=self.jobs_local_root, endpoint_url=self.s3_endpoint_url,
+            callback_secret=self.jobs_callback_secret.encode() if self.jobs_callback_secret else None,
+            callback_allow_private=self.jobs_callback_allow_private, workers=self.jobs_workers)

@@ -6,7 +6,6 @@ one handler maps to the status in DESIGN.md ("Error semantics") with ``{"error":
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Callable
@@ -17,22 +16,23 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from inferlane import __version__
+from inferlane.core import codec
 from inferlane.core.errors import (
     InferlaneError,
     InvalidInput,
     ModelNotFound,
-    PayloadTooLarge,
     QueueFull,
-    RequestTimeout,
 )
 from inferlane.core.spec import ModelConfig
+from inferlane.lanes.jobs import JobsLane
 from inferlane.lanes.online import OnlineLane, OnlineResult
-from inferlane.transport.http import codec
+from inferlane.transport.http.body import header_int, read_body
+from inferlane.transport.http.jobs import job_routes
 from inferlane.transport.http.openapi import openapi_document, swagger_html
 
 log = logging.getLogger(__name__)
@@ -51,42 +51,7 @@ def error_response(e: InferlaneError) -> Response:
     return _json({"error": e.message}, e.http_status, headers)
 
 
-_DECIMAL = re.compile(r"[0-9]+")
 _MILLISECONDS = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
-
-
-def header_int(request: Request, name: str) -> int | None:
-    """A header holding a non-negative decimal integer (ASCII digits only), or None if absent."""
-    value = request.headers.get(name)
-    if value is None:
-        return None
-    if not _DECIMAL.fullmatch(value):
-        raise InvalidInput(f"{name} must be a non-negative integer, not {value[:40]!r}")
-    # Python refuses to parse more than 4300 digits; anything over 18 is far past every limit.
-    return int(value) if len(value) <= 18 else 10**18
-
-
-async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
-    """The body, refusing anything over ``limit`` bytes before reading it where possible, and
-    answering 408 to a client that has not sent all of it within ``timeout_s``."""
-    length = header_int(request, "content-length")
-    if length is not None and length > limit:
-        raise PayloadTooLarge(f"body of {length} bytes exceeds the model's limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"body exceeds the model's limit of {limit} bytes")
-                chunks.append(chunk)
-    except TimeoutError:
-        raise RequestTimeout(f"the body was not received within {timeout_s:g} s") from None
-    except ClientDisconnect:
-        # Nobody is left to answer; raising keeps it out of the "unexpected error" log.
-        raise InvalidInput("the client disconnected before sending the whole body") from None
-    return b"".join(chunks)
 
 
 def _timeout_s(request: Request, parameters: dict[str, Any]) -> float | None:
@@ -131,7 +96,7 @@ def _metadata(name: str, versions: list[str], config: ModelConfig) -> dict[str, 
 
 def build_http_app(lane: OnlineLane,
                    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]]
-                   | None = None, *, body_timeout_s: float = 30.0) -> Starlette:
+                   | None = None, *, body_timeout_s: float = 30.0, jobs: JobsLane | None = None) -> Starlette:
     registry = lane.registry
     metrics = lane.metrics
 
@@ -222,6 +187,9 @@ def build_http_app(lane: OnlineLane,
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
     ]
+
+    if jobs is not None:
+        routes += job_routes(jobs, body_timeout_s)
 
     async def inferlane_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, InferlaneError)

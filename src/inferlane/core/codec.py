@@ -379,3 +379,16 @@ def _v1(arr: Any) -> Any:
                     for x in arr.ravel()]
         return np.ascontiguousarray(arr)
     return arr
+
+
+def encode_infer_request(inputs: Mapping[str, np.ndarray], request_id: str | None = None,
+                         parameters: Mapping[str, Any] | None = None) -> bytes:
+    """A V2 JSON request body (how the jobs lane stores a request, whatever form it came in)."""
+    doc: dict[str, Any] = {"inputs": [
+        {"name": name, "datatype": from_numpy(arr.dtype), "shape": list(arr.shape), "data": _json_data(arr)}
+        for name, arr in inputs.items()]}
+    if request_id is not None:
+        doc["id"] = request_id
+    if parameters:
+        doc["parameters"] = dict(parameters)
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)

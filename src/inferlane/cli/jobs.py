@@ -1,0 +1,189 @@
+"""``inferlane jobs``: submit | status | wait | list | cancel (HTTP client) and worker (standalone)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from inferlane.core.errors import ConfigError
+
+FINAL = {"succeeded", "failed", "cancelled", "expired"}
+
+
+def _client(args: argparse.Namespace) -> Any:
+    import httpx
+
+    return httpx.Client(base_url=args.url, timeout=30.0)
+
+
+def _print(doc: Any) -> None:
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _check(r: Any) -> Any:
+    if r.status_code >= 400:
+        try:
+            message = r.json().get("error", r.text)
+        except ValueError:
+            message = r.text
+        raise ConfigError(f"HTTP {r.status_code}: {message}")
+    return r.json()
+
+
+def submit(args: argparse.Namespace) -> int:
+    if args.input == "-":
+        body = sys.stdin.buffer.read()
+    elif args.input.startswith("s3://"):
+        body = orjson.dumps({"input_uri": args.input})
+    else:
+        body = Path(args.input).read_bytes()
+    if args.callback_url or args.output_uri:
+        doc = orjson.loads(body)
+        if args.callback_url:
+            doc["callback_url"] = args.callback_url
+        if args.output_uri:
+            doc["output_uri"] = args.output_uri
+        body = orjson.dumps(doc)
+    headers = {"Content-Type": "application/json"}
+    if args.idempotency_key:
+        headers["Idempotency-Key"] = args.idempotency_key
+    path = f"/v2/models/{args.model}" + (f"/versions/{args.version}" if args.version else "") + "/jobs"
+    with _client(args) as c:
+        job = _check(c.post(path, content=body, headers=headers))
+    print(job["id"])
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        _print(_check(c.get(f"/v2/jobs/{args.job_id}")))
+    return 0
+
+
+def wait(args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + args.timeout
+    delay = 0.05
+    with _client(args) as c:
+        while True:
+            job = _check(c.get(f"/v2/jobs/{args.job_id}"))
+            if job["status"] in FINAL:
+                _print(job)
+                return 0 if job["status"] == "succeeded" else 3
+            if time.monotonic() > deadline:
+                print(f"job {args.job_id} is still {job['status']} after {args.timeout:g} s", file=sys.stderr)
+                return 1
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+
+def listing(args: argparse.Namespace) -> int:
+    params = {"limit": str(args.limit)}
+    if args.status:
+        params["status"] = args.status
+    if args.model:
+        params["model"] = args.model
+    with _client(args) as c:
+        jobs = _check(c.get("/v2/jobs", params=params))["jobs"]
+    for j in jobs:
+        print(f"{j['id']}  {j['status']:<9}  {j['model']:<16} attempts {j['attempts']}/{j['max_attempts']}"
+              + (f"  {j['error']}" if j.get("error") else ""))
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        _print(_check(c.delete(f"/v2/jobs/{args.job_id}")))
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Load the models, then run jobs from the store until SIGTERM (jobs in hand finish first)."""
+    import logging
+
+    from inferlane.core.metrics import Metrics
+    from inferlane.lanes.jobs import JobsLane, JobWorker
+    from inferlane.rollout.registry import ModelRegistry
+    from inferlane.server.settings import ServerSettings
+    from inferlane.store.jobs import open_job_store
+
+    settings = ServerSettings.from_env(model_repository=args.repository, jobs_store=args.store,
+                                       jobs_workers=args.concurrency, log_level=args.log_level)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics = Metrics()
+
+    async def main() -> None:
+        registry = ModelRegistry.from_repository(settings.model_repository, observer_factory=metrics.batch_observer)
+        store = open_job_store(settings.jobs_store)
+        w = JobWorker(JobsLane(registry, store, settings.jobs_settings(), metrics))
+        if args.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(args.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+        await registry.load_all()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        run = asyncio.create_task(w.run())
+        print(f"worker {w.id} ready: models {sorted(registry.entries)}, store {settings.jobs_store}", flush=True)
+        await stop.wait()
+        await w.stop(settings.graceful_timeout_s)
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        await registry.close()
+        store.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    j = sub.add_parser("jobs", help="asynchronous jobs: submit, poll, cancel, run workers")
+    jsub = j.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+
+    def client_parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = jsub.add_parser(name, help=help_text)
+        p.add_argument("--url", default="http://127.0.0.1:8000", help="server URL (default http://127.0.0.1:8000)")
+        return p
+
+    s = client_parser("submit", "submit a job; prints its id")
+    s.add_argument("model")
+    s.add_argument("input", help="a V2 request body (JSON file, or - for stdin), or s3://... as input_uri")
+    s.add_argument("--version")
+    s.add_argument("--idempotency-key", help="the same key returns the same job")
+    s.add_argument("--callback-url", help="POSTed the outcome, signed, when the job finishes")
+    s.add_argument("--output-uri", help="folder or s3:// prefix for the result instead of inline")
+    s.set_defaults(func=submit)
+    st = client_parser("status", "show a job")
+    st.add_argument("job_id")
+    st.set_defaults(func=status)
+    w = client_parser("wait", "wait for a job to finish; exit 0 if it succeeded, 3 if not, 1 on timeout")
+    w.add_argument("job_id")
+    w.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
+    w.set_defaults(func=wait)
+    ls = client_parser("list", "list jobs, newest first")
+    ls.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled", "expired"])
+    ls.add_argument("--model")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.set_defaults(func=listing)
+    c = client_parser("cancel", "cancel a queued job")
+    c.add_argument("job_id")
+    c.set_defaults(func=cancel)
+    wk = jsub.add_parser("worker", help="run jobs from a store (no HTTP); scale out with more of these",
+                         description="Loads every model in REPOSITORY and runs jobs from the store until "
+                                     "SIGTERM. Many workers on many hosts share one Redis store.")
+    wk.add_argument("repository", type=Path)
+    wk.add_argument("--store", help="sqlite:///path.db or redis://host:port/db (default INFERLANE_JOBS_STORE)")
+    wk.add_argument("--concurrency", type=int, default=None, help="jobs at once (default 4)")
+    wk.add_argument("--metrics-port", type=int, help="Prometheus metrics on 127.0.0.1:PORT")
+    wk.add_argument("--log-level", default=None, choices=["critical", "error", "warning", "info", "debug"])
+    wk.set_defaults(func=worker)

@@ -1,0 +1,6 @@
+"""The jobs lane: durable asynchronous inference with leases, retries and callbacks."""
+
+from inferlane.lanes.jobs.lane import JobsLane, JobsSettings
+from inferlane.lanes.jobs.worker import JobWorker
+
+__all__ = ["JobWorker", "JobsLane", "JobsSettings"]

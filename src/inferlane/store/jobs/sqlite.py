@@ -1,0 +1,275 @@
+"""The embedded job store: one SQLite file, safe for several threads and several processes on one machine.
+
+    store = SqliteJobStore("var/jobs.db")
+
+WAL mode with ``synchronous=FULL``: a submit is on disk before it returns (before the 202).
+Every write runs in ``BEGIN IMMEDIATE``, which takes SQLite's write lock up front, so a
+read-then-write (idempotency check, claim) cannot interleave with another process's; waiting for
+the lock is bounded by ``busy_timeout_s``. Within a process one connection is shared under a lock.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from inferlane.core.errors import Unavailable
+from inferlane.store.jobs.base import (
+    DEFAULT_TTL_S,
+    RECORD_FIELDS,
+    JobRecord,
+    JobStats,
+    JobStatus,
+    lost_lease_error,
+)
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        version TEXT,
+        status TEXT NOT NULL,
+        request BLOB NOT NULL,
+        input_uri TEXT,
+        idempotency_key TEXT,
+        callback_url TEXT,
+        attempts INTEGER NOT NULL,
+        max_attempts INTEGER NOT NULL,
+        error TEXT,
+        result BLOB,
+        output_uri TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        available_at REAL NOT NULL,
+        lease_until REAL,
+        worker TEXT,
+        expires_at REAL
+    )""",
+    # claim: queued jobs by available_at (also stats' oldest), running jobs by lease_until (expired leases)
+    "CREATE INDEX IF NOT EXISTS jobs_status_available ON jobs (status, available_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_status_lease ON jobs (status, lease_until)",
+    # list: newest first, by status, by model, or all
+    "CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_model_created ON jobs (model, created_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at)",
+    # expire: only finished jobs carry a deadline worth scanning
+    "CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at) WHERE status IN ('succeeded', 'failed')",
+    # one job per idempotency key and model (NULL keys never collide)
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (model, idempotency_key)",
+)
+
+_COLUMNS = ", ".join(RECORD_FIELDS)
+_SELECT = f"SELECT {_COLUMNS} FROM jobs"
+_INSERT = f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' for _ in RECORD_FIELDS)})"
+
+
+def _to_record(row: Sequence[Any]) -> JobRecord:
+    values = dict(zip(RECORD_FIELDS, row, strict=True))
+    values["status"] = JobStatus(values["status"])
+    values["request"] = bytes(values["request"])
+    if values["result"] is not None:
+        values["result"] = bytes(values["result"])
+    return JobRecord(**values)
+
+
+def _to_row(record: JobRecord) -> tuple[Any, ...]:
+    return tuple(record.status.value if name == "status" else getattr(record, name) for name in RECORD_FIELDS)
+
+
+def _model_filter(models: set[str] | None) -> tuple[str, list[str]]:
+    if models is None:
+        return "", []
+    ordered = sorted(models)
+    return f" AND model IN ({', '.join('?' for _ in ordered)})", ordered
+
+
+class SqliteJobStore:
+    """A :class:`~inferlane.store.jobs.base.JobStore` in one SQLite file (created with its folder)."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # NOTE: isolation_level=None turns off the sqlite3 module's implicit transactions; every
+        # write below opens its own BEGIN IMMEDIATE. check_same_thread=False because the lock
+        # serialises use of the one connection across the lane's worker threads.
+        self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
+                                     check_same_thread=False)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+        with self._write() as c:
+            for statement in _SCHEMA:
+                c.execute(statement)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding SQLite's write lock from its first statement."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                if "locked" in str(e) or "busy" in str(e):  # another process held the lock past busy_timeout_s
+                    raise Unavailable(f"the SQLite job store {self.path} is busy: {e}") from e
+                raise
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: every query in it sees the same snapshot."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                yield self._conn
+            finally:
+                self._conn.execute("COMMIT")
+
+    @staticmethod
+    def _fetch(c: sqlite3.Connection, sql: str, params: Sequence[Any]) -> JobRecord | None:
+        row = c.execute(sql, params).fetchone()
+        return None if row is None else _to_record(row)
+
+    def submit(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        if record.status is not JobStatus.QUEUED:
+            raise ValueError(f"submit takes a queued job, got status {record.status.value!r}")
+        with self._write() as c:
+            existing = self._fetch(c, f"{_SELECT} WHERE id = ?", (record.id,))
+            if existing is None and record.idempotency_key is not None:
+                existing = self._fetch(c, f"{_SELECT} WHERE model = ? AND idempotency_key = ?",
+                                       (record.model, record.idempotency_key))
+            if existing is not None:
+                return existing, False
+            c.execute(_INSERT, _to_row(record))
+        return record, True
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            return self._fetch(self._conn, f"{_SELECT} WHERE id = ?", (job_id,))
+
+    def list(self, status: JobStatus | None = None, limit: int = 100, model: str | None = None
+             ) -> builtins.list[JobRecord]:
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status.value)
+        if model is not None:
+            where.append("model = ?")
+            params.append(model)
+        sql = _SELECT + (f" WHERE {' AND '.join(where)}" if where else "")
+        sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        with self._lock:
+            rows = self._conn.execute(sql, (*params, max(0, limit))).fetchall()
+        return [_to_record(row) for row in rows]
+
+    def cancel(self, job_id: str, now: float | None = None) -> JobRecord | None:
+        now = time.time() if now is None else now
+        with self._write() as c:
+            job = self._fetch(c, f"{_SELECT} WHERE id = ?", (job_id,))
+            if job is None or job.status is not JobStatus.QUEUED:
+                return job
+            c.execute("UPDATE jobs SET status = ?, finished_at = ?, updated_at = ? WHERE id = ?",
+                      (JobStatus.CANCELLED.value, now, now, job_id))
+        return replace(job, status=JobStatus.CANCELLED, finished_at=now, updated_at=now)
+
+    def _next_claimable(self, c: sqlite3.Connection, now: float, models: set[str] | None) -> JobRecord | None:
+        """The job claimable longest: min over queued (by available_at) and lease-expired (by lease_until)."""
+        in_models, model_params = _model_filter(models)
+        queued = self._fetch(
+            c, f"{_SELECT} WHERE status = 'queued' AND available_at <= ?{in_models}"
+               " ORDER BY available_at, created_at LIMIT 1", (now, *model_params))
+        lost = self._fetch(
+            c, f"{_SELECT} WHERE status = 'running' AND lease_until < ?{in_models}"
+               " ORDER BY lease_until, created_at LIMIT 1", (now, *model_params))
+        if queued is None or lost is None:
+            return queued or lost
+        assert lost.lease_until is not None  # running rows always carry a lease
+        return lost if lost.lease_until < queued.available_at else queued
+
+    def claim(self, worker: str, lease_s: float, now: float, models: set[str] | None = None, *,
+              ttl_s: float = DEFAULT_TTL_S) -> JobRecord | None:
+        if models is not None and not models:
+            return None
+        with self._write() as c:
+            while (job := self._next_claimable(c, now, models)) is not None:
+                if job.status is JobStatus.RUNNING and job.attempts >= job.max_attempts:
+                    # A job whose worker vanished on every attempt (a poison pill that kills workers)
+                    # goes to the dead letter instead of taking down the next worker too.
+                    error = lost_lease_error(job.attempts, job.max_attempts, job.worker)
+                    c.execute("UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, updated_at = ?,"
+                              " expires_at = ?, lease_until = NULL WHERE id = ?",
+                              (error, now, now, now + ttl_s, job.id))
+                    continue
+                lease_until = now + lease_s
+                c.execute("UPDATE jobs SET status = 'running', worker = ?, lease_until = ?, attempts = attempts + 1,"
+                          " started_at = ?, updated_at = ? WHERE id = ?", (worker, lease_until, now, now, job.id))
+                return replace(job, status=JobStatus.RUNNING, worker=worker, lease_until=lease_until,
+                               attempts=job.attempts + 1, started_at=now, updated_at=now)
+        return None
+
+    def extend(self, job_id: str, worker: str, lease_s: float, now: float) -> bool:
+        with self._write() as c:
+            cur = c.execute("UPDATE jobs SET lease_until = ?, updated_at = ?"
+                            " WHERE id = ? AND status = 'running' AND worker = ?",
+                            (now + lease_s, now, job_id, worker))
+            return cur.rowcount == 1
+
+    def complete(self, job_id: str, worker: str, result: bytes | None, output_uri: str | None, now: float,
+                 ttl_s: float) -> bool:
+        with self._write() as c:
+            cur = c.execute("UPDATE jobs SET status = 'succeeded', result = ?, output_uri = ?, finished_at = ?,"
+                            " updated_at = ?, expires_at = ?, lease_until = NULL"
+                            " WHERE id = ? AND status = 'running' AND worker = ?",
+                            (result, output_uri, now, now, now + ttl_s, job_id, worker))
+            return cur.rowcount == 1
+
+    def fail(self, job_id: str, worker: str, error: str, now: float, retry_at: float | None, ttl_s: float) -> bool:
+        with self._write() as c:
+            row = c.execute("SELECT attempts, max_attempts FROM jobs WHERE id = ? AND status = 'running'"
+                            " AND worker = ?", (job_id, worker)).fetchone()
+            if row is None:
+                return False
+            attempts, max_attempts = row
+            if retry_at is not None and attempts < max_attempts:
+                c.execute("UPDATE jobs SET status = 'queued', available_at = ?, error = ?, updated_at = ?,"
+                          " lease_until = NULL, worker = NULL WHERE id = ?", (retry_at, error, now, job_id))
+            else:
+                c.execute("UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, updated_at = ?,"
+                          " expires_at = ?, lease_until = NULL WHERE id = ?",
+                          (error, now, now, now + ttl_s, job_id))
+            return True
+
+    def expire(self, now: float) -> int:
+        with self._write() as c:
+            cur = c.execute("UPDATE jobs SET status = 'expired', result = NULL, request = X'', updated_at = ?"
+                            " WHERE status IN ('succeeded', 'failed') AND expires_at < ?", (now, now))
+            return cur.rowcount
+
+    def stats(self, now: float) -> JobStats:
+        with self._read() as c:
+            counts = dict(c.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+            (oldest,) = c.execute("SELECT MIN(available_at) FROM jobs WHERE status = 'queued'").fetchone()
+        by_status = {s: int(counts.get(s.value, 0)) for s in JobStatus}
+        age = 0.0 if oldest is None else max(0.0, now - float(oldest))
+        return JobStats(backlog=by_status[JobStatus.QUEUED], running=by_status[JobStatus.RUNNING],
+                        oldest_queued_age_s=age, by_status=by_status)
+
+    def close(self) -> None:
+        """Close the connection (again is harmless)."""
+        with self._lock:
+            self._conn.close()

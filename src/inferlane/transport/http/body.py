@@ -1,0 +1,46 @@
+"""Reading request bodies and numeric headers safely (shared by every HTTP route module)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from starlette.requests import ClientDisconnect, Request
+
+from inferlane.core.errors import InvalidInput, PayloadTooLarge, RequestTimeout
+
+_DECIMAL = re.compile(r"[0-9]+")
+
+
+def header_int(request: Request, name: str) -> int | None:
+    """A header holding a non-negative decimal integer (ASCII digits only), or None if absent."""
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    if not _DECIMAL.fullmatch(value):
+        raise InvalidInput(f"{name} must be a non-negative integer, not {value[:40]!r}")
+    # Python refuses to parse more than 4300 digits; anything over 18 is far past every limit.
+    return int(value) if len(value) <= 18 else 10**18
+
+
+async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
+    """The body, refusing anything over ``limit`` bytes before reading it where possible, and
+    answering 408 to a client that has not sent all of it within ``timeout_s``."""
+    length = header_int(request, "content-length")
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"body of {length} bytes exceeds the model's limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"body exceeds the model's limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the body was not received within {timeout_s:g} s") from None
+    except ClientDisconnect:
+        # Nobody is left to answer; raising keeps it out of the "unexpected error" log.
+        raise InvalidInput("the client disconnected before sending the whole body") from None
+    return b"".join(chunks)
