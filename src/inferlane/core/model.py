@@ -55,6 +55,7 @@ class ModelVersion:
         self._pre = preprocess
         self._post = postprocess
         self._in_dtypes = {s.name: to_numpy(s.datatype) for s in config.inputs}
+        self._budget = config.batch_elements_budget
         self.batcher: DynamicBatcher | None = None
         self.ready = False
 
@@ -68,7 +69,7 @@ class ModelVersion:
 
     def start_batcher(self, *, clock: Clock | None = None, observer: BatchObserver | None = None) -> DynamicBatcher:
         self.batcher = DynamicBatcher(
-            self.forward, self.config.batching, elements_budget=self.config.batch_elements_budget,
+            self.forward, self.config.batching, elements_budget=self._budget,
             clock=clock or MonotonicClock(), observer=observer, name=f"{self.name}:{self.version}")
         return self.batcher
 
@@ -112,9 +113,9 @@ class ModelVersion:
         if rows > max_rows:
             raise InvalidInput(f"request has {rows} rows; model {self.name} takes at most "
                                f"{max_rows} per request (batching.max_batch_size)")
-        if elements > self.config.batch_elements_budget:
+        if elements > self._budget:
             raise PayloadTooLarge(f"request has {elements} elements; the batch budget is "
-                                  f"{self.config.batch_elements_budget} (batching.max_batch_elements)")
+                                  f"{self._budget} (batching.max_batch_elements)")
         return rows, elements, tuple(key)
 
     def _check_outputs(self, outputs: Mapping[str, Any], rows: int) -> dict[str, np.ndarray]:

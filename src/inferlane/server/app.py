@@ -21,12 +21,12 @@ from inferlane.lanes.online import OnlineLane
 from inferlane.rollout.registry import ModelRegistry
 from inferlane.server.settings import ServerSettings
 from inferlane.store.jobs import open_job_store
-from inferlane.transport.http.app import build_http_app
+from inferlane.transport.http.app import FastInferApp, build_http_app
 
 log = logging.getLogger("inferlane.server")
 
 
-def create_app(settings: ServerSettings) -> Starlette:
+def create_app(settings: ServerSettings) -> FastInferApp:
     """The ASGI app. Models load in the background after start-up: the server is live at once
     and ready (``/v2/health/ready``) only once every version has loaded and warmed up."""
     metrics = Metrics()
@@ -63,7 +63,7 @@ def create_app(settings: ServerSettings) -> Starlette:
     return app
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> FastInferApp:
     """Factory for uvicorn worker processes (``--workers N``): settings come from INFERLANE_*."""
     return create_app(ServerSettings.from_env())
 
@@ -84,6 +84,8 @@ def run(settings: ServerSettings) -> None:
         "access_log": False, "log_level": settings.log_level, "lifespan": "on",
         "timeout_graceful_shutdown": settings.graceful_timeout_s,
         "server_header": False,
+        # X-Forwarded-* rewriting is for deployments behind a proxy; it costs time on every request.
+        "proxy_headers": False,
     }
     if settings.workers > 1:
         import os

@@ -29,15 +29,30 @@ async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> by
     length = header_int(request, "content-length")
     if length is not None and length > limit:
         raise PayloadTooLarge(f"body of {length} bytes exceeds the model's limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
+    # Fast path: a small body arrives whole in the first ASGI message (no timer, no generator).
+    message = await request.receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body: bytes = message.get("body", b"")
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body exceeds the model's limit of {limit} bytes")
+        return body
+    if message["type"] != "http.request":
+        raise InvalidInput("the client disconnected before sending the whole body")
+    chunks: list[bytes] = [message.get("body", b"")]
+    size = len(chunks[0])
     try:
         async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
+            while True:
+                message = await request.receive()
+                if message["type"] != "http.request":
+                    raise ClientDisconnect()
+                chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLarge(f"body exceeds the model's limit of {limit} bytes")
                 chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
     except TimeoutError:
         raise RequestTimeout(f"the body was not received within {timeout_s:g} s") from None
     except ClientDisconnect:

@@ -137,6 +137,47 @@ class V1PredictResponse(BaseModel):
     predictions: list[Any]
 
 
+class JobSubmitRequest(BaseModel):
+    """A V2 inference request run asynchronously. Give ``inputs`` or ``input_uri`` (an s3:// object,
+    or a file under the server's jobs_local_root, holding a V2 request body)."""
+
+    id: str | None = None
+    parameters: RequestParameters | None = None
+    inputs: list[RequestInput] | None = Field(default=None, min_length=1)
+    outputs: list[RequestOutput] | None = None
+    input_uri: str | None = Field(default=None, min_length=1, max_length=2048)
+    callback_url: str | None = Field(default=None, min_length=1, max_length=2048,
+                                     description="POSTed the outcome, signed with HMAC-SHA256 (Inferlane-Signature)")
+    output_uri: str | None = Field(default=None, min_length=1, max_length=2048,
+                                   description="Folder or s3:// prefix to write the result to instead of inline")
+
+
+class Job(BaseModel):
+    id: str
+    model: str
+    version: str | None
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled", "expired"]
+    attempts: int
+    max_attempts: int
+    error: str | None
+    result: dict[str, Any] | None = Field(description="The V2 inference response, once succeeded")
+    output_uri: str | None
+    input_uri: str | None
+    idempotency_key: str | None
+    callback_url: str | None
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    available_at: float
+    expires_at: float | None
+    status_url: str
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -149,6 +190,7 @@ _ERRORS = {
     "400": "Malformed body, or a wrong tensor name, datatype or shape (the message names it)",
     "404": "Unknown model or version",
     "408": "The body was not received in time (server setting body_timeout_s)",
+    "409": "The job is not queued, so it cannot be cancelled",
     "413": "Body or tensor larger than the model's limit",
     "503": "Queue full (with Retry-After) or model not ready",
     "504": "Deadline passed before or during processing",
@@ -208,7 +250,7 @@ def openapi_document() -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         RequestInput, RequestOutput, InferenceRequest, ResponseOutput, InferenceResponse,
         TensorMetadata, ModelMetadata, ServerMetadata, Error, V1PredictRequest, V1PredictResponse,
-        ServerReady, ModelReady, Live]
+        ServerReady, ModelReady, Live, JobSubmitRequest, Job, JobList]
     _, schema = models_json_schema([(m, "validation") for m in models],
                                    ref_template="#/components/schemas/{model}")
     infer_errors = ("400", "404", "408", "413", "503", "504")
@@ -230,6 +272,36 @@ def openapi_document() -> dict[str, Any]:
                          ("/v1/models/{name}/versions/{version}:predict", ("name", "version"))):
         paths[path] = {"post": _op("Prediction, TF Serving / KServe V1 form", "V1PredictResponse",
                                    "V1PredictRequest", infer_errors, params)}
+    for path, params in (("/v2/models/{name}/jobs", ("name",)),
+                         ("/v2/models/{name}/versions/{version}/jobs", ("name", "version"))):
+        op = _op("Submit an asynchronous job", "Job", "JobSubmitRequest", ("400", "404", "408", "413", "503"),
+                 params, binary=False)
+        op["responses"]["202"] = op["responses"].pop("200")
+        op["responses"]["202"]["description"] = "Accepted: the job is durable; poll Location or wait for the callback"
+        op["parameters"] = [p for p in op["parameters"] if p["name"] != "inferlane-timeout-ms"] + [
+            {"name": "Idempotency-Key", "in": "header", "required": False,
+             "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+             "description": "The same key returns the same job, never a second one"}]
+        paths[path] = {"post": op}
+    paths["/v2/jobs"] = {"get": {
+        "summary": "List jobs, newest first",
+        "parameters": [
+            {"name": "status", "in": "query", "required": False,
+             "schema": {"enum": ["queued", "running", "succeeded", "failed", "cancelled", "expired"]}},
+            {"name": "model", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+        "responses": {"200": {"description": "OK", "content": _content("JobList")},
+                      "400": {"description": _ERRORS["400"], "content": _content("Error")}}}}
+    job_param = _path_params(("job_id",))
+    paths["/v2/jobs/{job_id}"] = {
+        "get": {"summary": "A job's status, attempts, timings and result", "parameters": job_param,
+                "responses": {"200": {"description": "OK", "content": _content("Job")},
+                              "404": {"description": "No such job", "content": _content("Error")}}},
+        "delete": {"summary": "Cancel a queued job", "parameters": job_param,
+                   "responses": {"200": {"description": "Cancelled", "content": _content("Job")},
+                                 "404": {"description": "No such job", "content": _content("Error")},
+                                 "409": {"description": _ERRORS["409"], "content": _content("Error")}}}}
     paths["/metrics"] = {"get": {"summary": "Prometheus metrics", "responses": {"200": {
         "description": "Prometheus text exposition format",
         "content": {"text/plain": {"schema": {"type": "string"}}}}}}}
