@@ -170,6 +170,9 @@ class OnnxOptions(_Strict):
     """Threads across operators; 0 lets ONNX Runtime pick."""
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     """Execution providers in order of preference; unavailable ones are skipped."""
+    allow_spinning: bool = True
+    """Idle model threads spin briefly for the next call: lowest latency online; the batch lane turns
+    it off so reading and writing threads get the cores."""
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     """ONNX Runtime graph optimizations applied at load."""
 

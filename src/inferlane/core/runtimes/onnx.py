@@ -30,6 +30,8 @@ class OnnxRuntime:
         so = ort.SessionOptions()
         so.intra_op_num_threads = opts.intra_op_num_threads
         so.inter_op_num_threads = opts.inter_op_num_threads
+        if not opts.allow_spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[opts.graph_optimization_level])
         available = set(ort.get_available_providers())
         providers = [p for p in opts.providers if p in available] or ["CPUExecutionProvider"]

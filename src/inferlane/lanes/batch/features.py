@@ -179,9 +179,9 @@ class FeatureMapper:
             arr = outputs[spec.name]
             cols[spec.name] = to_arrow(arr)
         rows = next(iter(prepared.keys.values())).__len__() if prepared.keys else 0
-        cols["model_name"] = pa.array([model] * rows, pa.string())
-        cols["model_version"] = pa.array([version] * rows, pa.string())
-        cols["scored_at"] = pa.array([scored_at] * rows, pa.timestamp("us", tz="UTC"))
+        cols["model_name"] = pa.repeat(pa.scalar(model, pa.string()), rows)
+        cols["model_version"] = pa.repeat(pa.scalar(version, pa.string()), rows)
+        cols["scored_at"] = pa.repeat(pa.scalar(scored_at, pa.timestamp("us", tz="UTC")), rows)
         return pa.table(cols)
 
 

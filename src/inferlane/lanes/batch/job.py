@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +29,7 @@ from inferlane.core.errors import ConfigError, InferlaneError
 from inferlane.core.model import ModelVersion
 from inferlane.core.repository import scan_model
 from inferlane.core.spec import OnnxOptions
-from inferlane.lanes.batch.features import FeatureMapper
+from inferlane.lanes.batch.features import FeatureMapper, Prepared
 from inferlane.lanes.batch.sinks import Sink, open_sink
 from inferlane.lanes.batch.sources import (
     Format,
@@ -42,6 +42,7 @@ from inferlane.lanes.batch.sources import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -111,26 +112,44 @@ def load_model(job: BatchJob) -> ModelVersion:
     if config.runtime == "onnx":
         onnx = config.onnx or OnnxOptions()
         threads = job.threads or (os.cpu_count() or 1)
-        config = config.model_copy(update={"onnx": onnx.model_copy(update={"intra_op_num_threads": threads})})
+        onnx = onnx.model_copy(update={"intra_op_num_threads": threads, "allow_spinning": False})
+        config = config.model_copy(update={"onnx": onnx})
     return ModelVersion.load(config, entry.path, version)
 
 
-def score_shard(model: ModelVersion, mapper: FeatureMapper, fs: pafs.FileSystem, shard: Shard,
-                batch_size: int) -> ShardResult:
-    """Read, validate, score and assemble one shard (used by every engine)."""
+@dataclass
+class LoadedShard:
+    """A shard read and validated, ready for the model."""
+
+    shard: Shard
+    prepared: list[Prepared]
+    rejects: list[dict[str, Any]]
+    rows_read: int
+
+
+def load_shard(mapper: FeatureMapper, fs: pafs.FileSystem, shard: Shard, batch_size: int) -> LoadedShard:
+    """Read and validate one shard (I/O and parsing: runs beside the model in the local engine)."""
     data = read_shard(fs, shard, max(batch_size, 65_536))
-    scored_at = datetime.now(UTC).replace(microsecond=0)
-    tables: list[pa.Table] = []
     rejects: list[dict[str, Any]] = [
         {"shard": shard.id, "row": row, "key": None, "reason": reason} for row, reason in data.unparsable]
     offset = shard.start
     rows_read = len(data.unparsable)
+    prepared_batches = []
     for batch in data.batches:
         prepared = mapper.prepare(batch)
         rows_read += prepared.rows
         for i, key, reason in prepared.rejects:
             rejects.append({"shard": shard.id, "row": offset + i, "key": key, "reason": reason})
         offset += batch.num_rows
+        prepared_batches.append(prepared)
+    return LoadedShard(shard, prepared_batches, rejects, rows_read)
+
+
+def score_loaded(model: ModelVersion, mapper: FeatureMapper, loaded: LoadedShard, batch_size: int) -> ShardResult:
+    """Run the model over a loaded shard in ``batch_size`` chunks and assemble the output table."""
+    scored_at = datetime.now(UTC).replace(microsecond=0)
+    tables: list[pa.Table] = []
+    for prepared in loaded.prepared:
         n = len(next(iter(prepared.inputs.values())))
         if n == 0:
             continue
@@ -144,7 +163,13 @@ def score_shard(model: ModelVersion, mapper: FeatureMapper, fs: pafs.FileSystem,
                 raise InferlaneError(f"model output {name!r} has {len(arr)} rows for {n} input rows")
         tables.append(mapper.output_table(prepared, outputs, model.name, model.version, scored_at))
     table = pa.concat_tables(tables) if tables else pa.table({})
-    return ShardResult(shard, table, rejects, rows_read)
+    return ShardResult(loaded.shard, table, loaded.rejects, loaded.rows_read)
+
+
+def score_shard(model: ModelVersion, mapper: FeatureMapper, fs: pafs.FileSystem, shard: Shard,
+                batch_size: int) -> ShardResult:
+    """Read, validate, score and assemble one shard (what a Ray actor does per shard)."""
+    return score_loaded(model, mapper, load_shard(mapper, fs, shard, batch_size), batch_size)
 
 
 @dataclass
@@ -169,8 +194,7 @@ class Progress:
             self._bar.close()
 
 
-def with_retries(fn: Callable[[], ShardResult | None], shard: Shard, job: BatchJob,
-                 counter: list[int]) -> ShardResult | None:
+def with_retries(fn: Callable[[], T], shard: Shard, job: BatchJob, counter: list[int]) -> T:
     for attempt in range(job.retries + 1):
         try:
             return fn()
@@ -189,7 +213,7 @@ def with_retries(fn: Callable[[], ShardResult | None], shard: Shard, job: BatchJ
             time.sleep(delay)
         except Exception as e:  # corrupt data, a model bug: fail this shard, keep the job going
             raise ShardFailed(f"shard {shard.id} ({shard.file.path}): {type(e).__name__}: {e}") from e
-    return None  # unreachable
+    raise AssertionError("unreachable")
 
 
 def run_batch(job: BatchJob, on_start: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -242,12 +266,17 @@ def run_batch(job: BatchJob, on_start: Callable[[dict[str, Any]], None] | None =
 def _run_local(job: BatchJob, model: ModelVersion, mapper: FeatureMapper, fs: pafs.FileSystem,
                todo: list[Shard], sink: Sink, counters: dict[str, int], retries: list[int],
                failed: list[str], progress: Progress) -> None:
-    """Reading, scoring and writing overlap: the next shard is read while this one is scored,
-    and the previous one is written meanwhile (one writer keeps commits in order)."""
+    """Three stages overlap: a reader thread reads and validates the next shards, this thread runs
+    the model (one caller, so the model's own threads use every core), and a writer thread
+    commits finished shards in order."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    def work(shard: Shard) -> ShardResult | None:
-        return with_retries(lambda: score_shard(model, mapper, fs, shard, job.batch_size), shard, job, retries)
+    def read(shard: Shard) -> LoadedShard:
+        return with_retries(lambda: load_shard(mapper, fs, shard, job.batch_size), shard, job, retries)
+
+    def work(shard: Shard, reading: Future[LoadedShard]) -> ShardResult:
+        data = reading.result()
+        return with_retries(lambda: score_loaded(model, mapper, data, job.batch_size), shard, job, retries)
 
     def commit(res: ShardResult) -> None:
         def attempt() -> ShardResult:
@@ -264,19 +293,20 @@ def _run_local(job: BatchJob, model: ModelVersion, mapper: FeatureMapper, fs: pa
         counters["rows_rejected"] += len(res.rejects)
         progress.advance(res.shard.rows)
 
-    with ThreadPoolExecutor(2, thread_name_prefix="batch-score") as pool, \
+    with ThreadPoolExecutor(1, thread_name_prefix="batch-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="batch-write") as writer:
-        pending: list[Future[ShardResult | None]] = [pool.submit(work, s) for s in todo[:2]]
+        reads: dict[int, Future[LoadedShard]] = {i: reader.submit(read, s) for i, s in enumerate(todo[:2])}
         writes: list[Future[None]] = []
         for i in range(len(todo)):
+            if i + 2 < len(todo):
+                reads[i + 2] = reader.submit(read, todo[i + 2])  # at most two shards read ahead
+            res: ShardResult | None
             try:
-                res = pending[i].result()
+                res = work(todo[i], reads.pop(i))
             except ShardFailed as e:
                 failed.append(str(e))
                 log.error("%s", e)
                 res = None
-            if i + 2 < len(todo):
-                pending.append(pool.submit(work, todo[i + 2]))
             if res is not None:
                 if len(writes) >= 2:
                     writes[-2].result()  # at most two scored shards wait for the writer
