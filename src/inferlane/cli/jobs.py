@@ -8,6 +8,7 @@ import contextlib
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,16 @@ from inferlane.core.errors import ConfigError
 FINAL = {"succeeded", "failed", "cancelled", "expired"}
 
 
-def _client(args: argparse.Namespace) -> Any:
+@contextlib.contextmanager
+def _client(args: argparse.Namespace) -> Iterator[Any]:
+    """An HTTP client for the server; a connection failure becomes a one-line error, not a traceback."""
     import httpx
 
-    return httpx.Client(base_url=args.url, timeout=30.0)
+    try:
+        with httpx.Client(base_url=args.url, timeout=30.0) as c:
+            yield c
+    except httpx.HTTPError as e:
+        raise ConfigError(f"cannot talk to the server at {args.url}: {type(e).__name__}: {e}") from None
 
 
 def _print(doc: Any) -> None:
@@ -44,9 +51,17 @@ def submit(args: argparse.Namespace) -> int:
     elif args.input.startswith("s3://"):
         body = orjson.dumps({"input_uri": args.input})
     else:
-        body = Path(args.input).read_bytes()
+        try:
+            body = Path(args.input).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"cannot read the request file {args.input}: {e.strerror or e}") from None
     if args.callback_url or args.output_uri:
-        doc = orjson.loads(body)
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise ConfigError(f"the request in {args.input} is not valid JSON: {e}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"the request in {args.input} must be a JSON object")
         if args.callback_url:
             doc["callback_url"] = args.callback_url
         if args.output_uri:
@@ -151,7 +166,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     jsub = j.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
 
     def client_parser(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = jsub.add_parser(name, help=help_text)
+        p: argparse.ArgumentParser = jsub.add_parser(name, help=help_text)
         p.add_argument("--url", default="http://127.0.0.1:8000", help="server URL (default http://127.0.0.1:8000)")
         return p
 

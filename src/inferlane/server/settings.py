@@ -39,6 +39,8 @@ class ServerSettings(BaseModel):
     """Jobs this server runs at once (0: accept jobs, leave running them to `inferlane jobs worker`)."""
     jobs_ttl_s: float = Field(default=86_400.0, gt=0)
     """How long finished jobs keep their results."""
+    jobs_expire_interval_s: float = Field(default=30.0, gt=0)
+    """How often workers turn finished jobs past their TTL into expired tombstones."""
     jobs_max_attempts: int = Field(default=3, ge=1, le=100)
     """Attempts before a job is dead-lettered (status failed)."""
     jobs_lease_s: float = Field(default=60.0, gt=0)
@@ -77,7 +79,8 @@ class ServerSettings(BaseModel):
 
     def jobs_settings(self) -> JobsSettings:
         return JobsSettings(
-            lease_s=self.jobs_lease_s, ttl_s=self.jobs_ttl_s, max_attempts=self.jobs_max_attempts,
+            lease_s=self.jobs_lease_s, ttl_s=self.jobs_ttl_s, expire_interval_s=self.jobs_expire_interval_s,
+            max_attempts=self.jobs_max_attempts,
             retry_backoff_s=self.jobs_retry_backoff_s, results_uri=self.jobs_results_uri,
             local_root=self.jobs_local_root, endpoint_url=self.s3_endpoint_url,
             callback_secret=self.jobs_callback_secret.encode() if self.jobs_callback_secret else None,

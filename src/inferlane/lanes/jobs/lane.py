@@ -35,6 +35,8 @@ class JobsSettings:
     """A worker that has not renewed its lease within this long is presumed dead; the job is re-run."""
     ttl_s: float = 24 * 3600.0
     """How long finished jobs keep their result."""
+    expire_interval_s: float = 30.0
+    """How often a worker's housekeeping turns finished jobs past their TTL into expired tombstones."""
     max_attempts: int = 3
     """Attempts before a job is dead-lettered (status failed)."""
     retry_backoff_s: float = 1.0

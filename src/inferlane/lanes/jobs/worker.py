@@ -24,7 +24,14 @@ import orjson
 
 from inferlane.core import codec
 from inferlane.core.batcher import BACKGROUND
-from inferlane.core.errors import ConfigError, InferlaneError, InvalidInput, ModelNotFound, PayloadTooLarge
+from inferlane.core.errors import (
+    ConfigError,
+    InferlaneError,
+    InvalidInput,
+    ModelNotFound,
+    PayloadTooLarge,
+    QueueFull,
+)
 from inferlane.core.uri import read_uri, write_uri
 from inferlane.lanes.jobs.callbacks import deliver
 from inferlane.lanes.jobs.lane import JobsLane
@@ -77,6 +84,11 @@ class JobWorker:
                 def done(t: asyncio.Task[None]) -> None:
                     self._tasks.discard(t)
                     slots.release()
+                    if not t.cancelled() and (error := t.exception()) is not None:
+                        # e.g. the store was unreachable when storing the outcome: the lease runs
+                        # out and the job is run again; say so instead of "never retrieved".
+                        log.error("job handler failed; the job will be re-run when its lease expires",
+                                  exc_info=error)
 
                 task.add_done_callback(done)
         finally:
@@ -103,7 +115,11 @@ class JobWorker:
         s = self.lane.settings
         while True:
             await asyncio.sleep(s.lease_s / 3)
-            held = await asyncio.to_thread(self.lane.store.extend, job.id, self.id, s.lease_s, time.time())
+            try:
+                held = await asyncio.to_thread(self.lane.store.extend, job.id, self.id, s.lease_s, time.time())
+            except InferlaneError as e:  # the store is unreachable for now: try again next beat
+                log.warning("job %s: heartbeat failed: %s", job.id, e.message)
+                continue
             if not held:
                 log.warning("job %s: lease lost (another worker took it over)", job.id)
                 return
@@ -116,7 +132,7 @@ class JobWorker:
         try:
             result, output_uri, version = await self._run(job)
         except Exception as e:
-            permanent = isinstance(e, _Permanent | PERMANENT)
+            permanent = isinstance(e, (_Permanent, *PERMANENT))
             message = e.message if isinstance(e, InferlaneError) else str(e)
             if not isinstance(e, InferlaneError | _Permanent):
                 log.exception("job %s failed unexpectedly", job.id)
@@ -136,6 +152,7 @@ class JobWorker:
         ok = await asyncio.to_thread(lane.store.complete, job.id, self.id, result, output_uri, time.time(), s.ttl_s)
         if not ok:  # our lease was taken over; the other worker's outcome stands
             lane.metrics.job_outcomes.labels(*labels, "lost_lease").inc()
+            log.warning("job %s: result discarded, the lease was taken over by another worker", job.id)
             return
         lane.metrics.job_outcomes.labels(*labels, "succeeded").inc()
         outcome: dict[str, object] = {"status": "succeeded", "model_version": version}
@@ -156,7 +173,17 @@ class JobWorker:
                 raise _Permanent(f"input_uri {job.input_uri!r} not found") from e
         mv = lane.registry.get(job.model, job.version)
         req = codec.parse_infer_request(body, None, mv.config.limits.max_elements_per_input)
-        pred = await mv.infer(req.inputs, time.monotonic() + s.job_timeout_s, priority=BACKGROUND)
+        deadline = time.monotonic() + s.job_timeout_s
+        while True:
+            try:
+                pred = await mv.infer(req.inputs, deadline, priority=BACKGROUND)
+                break
+            except QueueFull as e:
+                # A full model queue is back-pressure, not a failure: wait and try again within
+                # this attempt rather than spending one of the job's attempts.
+                if time.monotonic() + e.retry_after >= deadline:
+                    raise
+                await asyncio.sleep(min(e.retry_after, 1.0))
         out, _ = codec.encode_infer_response(mv.name, mv.version, pred.outputs,
                                              codec.InferRequest({}, req.id, req.parameters))
         if job.output_uri or len(out) > s.inline_result_max_bytes:
@@ -177,12 +204,12 @@ class JobWorker:
 
     async def _housekeeping(self) -> None:
         """Expire old results and publish the backlog gauges (what an autoscaler scales on)."""
-        m = self.lane.metrics
+        m, s = self.lane.metrics, self.lane.settings
         last_expire = 0.0
         while True:
             now = time.time()
             try:
-                if now - last_expire > 30:
+                if now - last_expire >= s.expire_interval_s:
                     await asyncio.to_thread(self.lane.store.expire, now)
                     last_expire = now
                 stats = await asyncio.to_thread(self.lane.store.stats, now)
@@ -191,7 +218,7 @@ class JobWorker:
                 m.jobs_oldest_age.labels("jobs").set(stats.oldest_queued_age_s)
             except InferlaneError as e:
                 log.warning("job store: %s", e.message)
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(min(2.0, s.expire_interval_s))
 
 
 __all__ = ["JobStatus", "JobWorker"]
