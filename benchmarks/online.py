@@ -54,6 +54,8 @@ REFERENCE: list[tuple[str, float, float | None]] = [
 CLIENT_BOUND_CPU = 0.90
 """A cell whose client used at least this share of its core is flagged: the client may be the
 limit there, not the server."""
+STALLED_CPU = 0.85
+"""The bare endpoint at concurrency 16 or more below this share of its core is flagged stalled."""
 NOISY_CPU = 0.10
 """A cell during which other processes used at least this share of a core is flagged noisy."""
 
@@ -262,6 +264,8 @@ class Cell:
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
     mean_batch: float | None = None
+    forward_ms: float | None = None
+    """Mean time per forward pass as the server measured it (inferlane_forward_seconds)."""
     errors: int = 0
     requests: int = 0
     seconds: float = 0.0
@@ -272,6 +276,8 @@ class Cell:
     other_cpu: float = float("nan")
     """CPU every other process on the machine used during the measured run (share of one core):
     anything well above zero means the cell shared the machine with foreign work."""
+    retransmits: int = 0
+    """TCP segments the machine retransmitted during the measured run (loopback drops)."""
     statuses: dict[str, int] = field(default_factory=dict)
     exception: str | None = None
 
@@ -282,6 +288,17 @@ class Cell:
     @property
     def noisy(self) -> bool:
         return self.other_cpu >= NOISY_CPU
+
+    @property
+    def stalled(self) -> bool:
+        """The bare endpoint under concurrent load always saturates its core; when it did not,
+        something outside both processes held them up (seen as TCP retransmits, or a stall)."""
+        return self.retransmits > 0 or (self.section == "HTTP floor" and self.concurrency >= 16
+                                        and self.server_cpu < STALLED_CPU)
+
+    @property
+    def suspect(self) -> bool:
+        return self.noisy or self.stalled or self.exception is not None
 
 
 @dataclass
@@ -302,20 +319,27 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def batch_totals(port: int) -> dict[str, tuple[float, float]]:
-    """Per model: (sum, count) of ``inferlane_batch_size`` from the server's /metrics."""
+def model_totals(port: int, model: str) -> dict[str, float]:
+    """Running totals for one model from the server's /metrics: ``batch_size_sum`` and
+    ``batch_size_count`` (rows and batches) and ``forward_seconds_sum`` (time in forward passes,
+    as the event loop sees it: merge, run, split and the hand-off to and from the thread)."""
     with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as r:
         text = r.read().decode()
-    totals: dict[str, list[float]] = {}
-    pattern = re.compile(r'^inferlane_batch_size_(sum|count)\{([^}]*)\} (\S+)$')
+    totals = dict.fromkeys(("batch_size_sum", "batch_size_count", "forward_seconds_sum"), 0.0)
+    pattern = re.compile(r'^inferlane_(batch_size_sum|batch_size_count|forward_seconds_sum)'
+                         r'\{([^}]*)\} (\S+)$')
     for line in text.splitlines():
         m = pattern.match(line)
-        if m is None:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
-        pair = totals.setdefault(labels.get("model", "?"), [0.0, 0.0])
-        pair[0 if m.group(1) == "sum" else 1] += float(m.group(3))
-    return {k: (v[0], v[1]) for k, v in totals.items()}
+        if m is not None and dict(re.findall(r'(\w+)="([^"]*)"', m.group(2))).get("model") == model:
+            totals[m.group(1)] += float(m.group(3))
+    return totals
+
+
+def tcp_retransmits() -> int:
+    """The machine's TCP segments retransmitted so far (RetransSegs in /proc/net/snmp)."""
+    with open("/proc/net/snmp", encoding="ascii") as f:
+        rows = [line.split() for line in f if line.startswith("Tcp:")]
+    return int(rows[1][rows[0].index("RetransSegs")])
 
 
 def pin(core: int) -> list[str]:
@@ -347,14 +371,15 @@ def wait_quiet(opts: Options, server_pid: int | None = None) -> None:
 
 def measure_cell(opts: Options, proto: Cell, port: int, path: str, server_pid: int,
                  profile_to: Path | None, batch_model: str | None) -> Cell:
-    """Measure one cell; with --retry-noisy, measure it again while it comes out noisy."""
+    """Measure one cell; with --retry-noisy, measure it again while it looks disturbed."""
     for attempt in range(opts.retry_noisy + 1):
         cell = replace(proto)
         run_driver(opts, port, path, server_pid, cell, profile_to, batch_model)
-        if not cell.noisy or attempt == opts.retry_noisy:
+        if not cell.suspect or attempt == opts.retry_noisy:
             break
-        log(f"other processes used {cell.other_cpu:.0%} of a core during the cell; measuring "
-            f"it again ({attempt + 1} of {opts.retry_noisy})")
+        log(f"the cell looks disturbed (other processes {cell.other_cpu:.0%} of a core, server "
+            f"{cell.server_cpu:.0%}, {cell.retransmits} TCP retransmits); measuring it again "
+            f"({attempt + 1} of {opts.retry_noisy})")
     return cell
 
 
@@ -374,7 +399,8 @@ def run_driver(opts: Options, port: int, path: str, server_pid: int, cell: Cell,
     spy: subprocess.Popen[bytes] | None = None
     cpu0 = t0 = 0.0
     others0: dict[int, float] = {}
-    batches0 = (0.0, 0.0)
+    totals0: dict[str, float] = {}
+    retrans0 = 0
     done: dict[str, Any] = {"exception": "the driver exited without a result"}
     try:
         assert proc.stdout is not None
@@ -385,8 +411,9 @@ def run_driver(opts: Options, port: int, path: str, server_pid: int, cell: Cell,
                 cpu0, t0 = proc_cpu_seconds(server_pid), time.perf_counter()
                 if profile_to is not None:
                     spy = start_py_spy(opts, server_pid, profile_to)
+                retrans0 = tcp_retransmits()
                 if batch_model is not None:
-                    batches0 = batch_totals(port).get(batch_model, (0.0, 0.0))
+                    totals0 = model_totals(port, batch_model)
             elif doc["event"] == "done":
                 if "exception" not in doc:
                     wall = time.perf_counter() - t0
@@ -395,10 +422,12 @@ def run_driver(opts: Options, port: int, path: str, server_pid: int, cell: Cell,
                     others = sum(v - others0.get(pid, 0.0)
                                  for pid, v in all_cpu_seconds().items() if pid not in ours)
                     cell.other_cpu = others / wall
+                    cell.retransmits = tcp_retransmits() - retrans0
                     if batch_model is not None:
-                        rows, batches = batch_totals(port).get(batch_model, (0.0, 0.0))
-                        if batches > batches0[1]:
-                            cell.mean_batch = (rows - batches0[0]) / (batches - batches0[1])
+                        d = {k: v - totals0[k] for k, v in model_totals(port, batch_model).items()}
+                        if d["batch_size_count"] > 0:
+                            cell.mean_batch = d["batch_size_sum"] / d["batch_size_count"]
+                            cell.forward_ms = d["forward_seconds_sum"] / d["batch_size_count"] * 1e3
                 done = doc
         proc.wait()
     finally:
@@ -586,16 +615,18 @@ def _f(v: float | None, fmt: str, width: int) -> str:
 
 def format_cells(cells: list[Cell]) -> list[str]:
     head = (f"{'server':<11} {'model':<6} {'mode':<13} {'conc':>4} {'rps':>8} {'p50 ms':>8} "
-            f"{'p99 ms':>8} {'mean batch':>10} {'errors':>6} {'srv cpu':>7} {'cli cpu':>7} "
-            f"{'other':>6}")
+            f"{'p99 ms':>8} {'mean batch':>10} {'fwd ms':>7} {'errors':>6} {'srv cpu':>7} "
+            f"{'cli cpu':>7} {'other':>6}")
     lines = [head, "-" * len(head)]
     for c in cells:
-        flag = ("  client-bound?" if c.client_bound else "") + ("  noisy?" if c.noisy else "")
+        flags = [name for name, on in (("client-bound?", c.client_bound), ("noisy?", c.noisy),
+                                       ("stalled?", c.stalled)) if on]
         lines.append(
             f"{c.section:<11} {c.model:<6} {c.mode:<13} {c.concurrency:>4} {_f(c.rps, '.0f', 8)} "
             f"{_f(c.p50_ms, '.2f', 8)} {_f(c.p99_ms, '.2f', 8)} {_f(c.mean_batch, '.1f', 10)} "
-            f"{c.errors:>6} {_f(c.server_cpu * 100, '.0f', 6)}% {_f(c.client_cpu * 100, '.0f', 6)}%"
-            f" {_f(c.other_cpu * 100, '.0f', 5)}%{flag}")
+            f"{_f(c.forward_ms, '.2f', 7)} {c.errors:>6} {_f(c.server_cpu * 100, '.0f', 6)}% "
+            f"{_f(c.client_cpu * 100, '.0f', 6)}% {_f(c.other_cpu * 100, '.0f', 5)}%"
+            + "".join(f"  {f}" for f in flags))
         if c.exception:
             lines.append(f"    ! {c.exception}")
     return lines
@@ -621,6 +652,10 @@ def client_headroom(cells: list[Cell]) -> list[str]:
     if noisy:
         lines.append(f"  {len(noisy)} cell(s) flagged noisy?: other processes used >= "
                      f"{NOISY_CPU:.0%} of a core during them; re-run on a quiet machine")
+    stalled = [c for c in cells if c.stalled]
+    if stalled:
+        lines.append(f"  {len(stalled)} cell(s) flagged stalled?: TCP retransmits during the "
+                     f"cell, or the bare endpoint below {STALLED_CPU:.0%} of its core; re-run")
     return lines
 
 
@@ -646,7 +681,7 @@ def compute_ideal(cells: list[Cell], raw: dict[str, dict[str, float]],
                      "bare_us_per_request": s_req * 1e6, "ideal_rps": ideal,
                      "achieved_rps": got.rps, "p99_ms": got.p99_ms, "fraction": fraction,
                      "target": target, "pass": ok,
-                     "bare_client_bound": bare.client_bound, "noisy": bare.noisy or got.noisy})
+                     "bare_client_bound": bare.client_bound, "noisy": bare.suspect or got.suspect})
     return rows
 
 
@@ -683,7 +718,7 @@ def report(opts: Options, cells: list[Cell], raw: dict[str, dict[str, float]],
         for d in ideal:
             verdict = "PASS" if d["pass"] else "MISS"
             if d["noisy"]:
-                verdict += " (noisy inputs: re-run before trusting this)"
+                verdict += " (disturbed inputs: re-run before trusting this)"
             out.append(f"  {d['model']:<6} {d['raw_us_per_row']:>8.2f} "
                        f"{d['bare_us_per_request']:>8.2f} {d['ideal_rps']:>10.0f} "
                        f"{d['achieved_rps']:>9.0f} {d['fraction']:>9.1%} {d['p99_ms']:>8.2f}  "
@@ -765,8 +800,8 @@ def orchestrate(args: argparse.Namespace, opts: Options) -> int:
         doc = {**meta, "options": {k: str(v) if isinstance(v, Path) else v
                                    for k, v in asdict(opts).items()},
                "client": "inferlane.demo.loadgen.run_load (asyncio, uvloop)",
-               "cells": [asdict(c) | {"client_bound": c.client_bound, "noisy": c.noisy}
-                         for c in cells],
+               "cells": [asdict(c) | {"client_bound": c.client_bound, "noisy": c.noisy,
+                                       "stalled": c.stalled} for c in cells],
                "raw_onnx": raw, "ideal": ideal,
                "reference": [{"server": n, "rps": r, "p99_ms": p} for n, r, p in REFERENCE],
                "table": text}
@@ -809,8 +844,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="before each cell, wait up to SECONDS for other processes on the machine "
                         "to go idle (below 10%% of a core); default 0: measure at once")
     p.add_argument("--retry-noisy", type=int, default=0, metavar="N",
-                   help="measure a cell again, up to N times, when other processes used 10%% of a "
-                        "core or more during it (default 0)")
+                   help="measure a cell again, up to N times, when it looks disturbed: other "
+                        "processes used 10%% of a core or more, TCP retransmits, or a stalled "
+                        "bare endpoint (default 0)")
     p.add_argument("--verbose", action="store_true", help="print the server's log at the end")
     p.add_argument("--_driver", help=argparse.SUPPRESS)
     p.add_argument("--_bare", type=int, help=argparse.SUPPRESS)

@@ -37,9 +37,9 @@ class MonotonicClock:
         return time.monotonic()
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
-        # NOTE: asyncio's loop.time() is time.monotonic() on every supported platform,
-        # so deadlines computed with now() can be handed to call_at directly.
-        return asyncio.get_running_loop().call_at(when, callback)
+        # NOTE: uvloop's loop.time() is libuv's millisecond clock, up to 1 ms behind
+        # time.monotonic(), so loop.call_at(when) would fire late; a relative delay does not.
+        return asyncio.get_running_loop().call_later(max(0.0, when - time.monotonic()), callback)
 
 
 class _FakeTimer:
