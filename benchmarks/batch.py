@@ -99,13 +99,13 @@ def main() -> int:
             rows.append((name, raw, local, ray_rps))
         print(f"\ncommand: {' '.join(sys.argv)}   rows: {args.rows:,}   batch: {args.batch_size}   "
               f"cores: {os.cpu_count()}\n")
-        print(f"{'model':<7}{'raw rows/s':>13}{'local rows/s':>14}{'local/raw':>11}{'target':>8}"
+        print(f"{'model':<7}{'raw rows/s':>13}{'local rows/s':>14}{'local/raw':>11}{'target':>10}"
               f"{'ray rows/s':>12}{'ray/raw':>9}{'local/ray':>11}")
         for name, raw, local, ray_rps in rows:
             ok = "pass" if local / raw >= TARGETS[name] else "MISS"
             ray_txt = (f"{ray_rps:>12,.0f}{ray_rps / raw:>9.2f}{local / ray_rps:>10.2f}x" if ray_rps
                        else f"{'-':>12}{'-':>9}{'-':>11}")
-            print(f"{name:<7}{raw:>13,.0f}{local:>14,.0f}{local / raw:>11.2f}{f'{TARGETS[name]} {ok}':>8}"
+            print(f"{name:<7}{raw:>13,.0f}{local:>14,.0f}{local / raw:>11.2f}{f'{TARGETS[name]} {ok}':>10}"
                   f"{ray_txt}")
         print("\ntargets: local >= 0.9 x raw (small), >= 0.95 x raw (heavy), local >= 2.5 x ray (small)")
     finally:
