@@ -263,6 +263,26 @@ def run_batch(job: BatchJob, on_start: Callable[[dict[str, Any]], None] | None =
     return report
 
 
+def commit_shard(job: BatchJob, sink: Sink, res: ShardResult, counters: dict[str, int], retries: list[int],
+            failed: list[str], progress: Progress) -> None:
+    """Commit one scored shard (every engine): retried on transient errors; a permanent failure
+    is reported in ``failed`` and the job goes on."""
+    def attempt() -> ShardResult:
+        sink.commit(res.shard.id, res.table, res.rejects)
+        return res
+
+    try:
+        with_retries(attempt, res.shard, job, retries)
+    except ShardFailed as e:
+        failed.append(str(e))
+        log.error("%s", e)
+        return
+    counters["rows_read"] += res.rows_read
+    counters["rows_written"] += res.table.num_rows
+    counters["rows_rejected"] += len(res.rejects)
+    progress.advance(res.shard.rows)
+
+
 def _run_local(job: BatchJob, model: ModelVersion, mapper: FeatureMapper, fs: pafs.FileSystem,
                todo: list[Shard], sink: Sink, counters: dict[str, int], retries: list[int],
                failed: list[str], progress: Progress) -> None:
@@ -279,19 +299,7 @@ def _run_local(job: BatchJob, model: ModelVersion, mapper: FeatureMapper, fs: pa
         return with_retries(lambda: score_loaded(model, mapper, data, job.batch_size), shard, job, retries)
 
     def commit(res: ShardResult) -> None:
-        def attempt() -> ShardResult:
-            sink.commit(res.shard.id, res.table, res.rejects)
-            return res
-        try:
-            with_retries(attempt, res.shard, job, retries)
-        except ShardFailed as e:
-            failed.append(str(e))
-            log.error("%s", e)
-            return
-        counters["rows_read"] += res.rows_read
-        counters["rows_written"] += res.table.num_rows
-        counters["rows_rejected"] += len(res.rejects)
-        progress.advance(res.shard.rows)
+        commit_shard(job, sink, res, counters, retries, failed, progress)
 
     with ThreadPoolExecutor(1, thread_name_prefix="batch-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="batch-write") as writer:

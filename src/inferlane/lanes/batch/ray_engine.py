@@ -25,6 +25,7 @@ from inferlane.lanes.batch.job import (
     Progress,
     ShardFailed,
     ShardResult,
+    commit_shard,
     load_model,
     score_shard,
     with_retries,
@@ -121,28 +122,9 @@ def run_ray(job: BatchJob, todo: list[Shard], sink: Sink, counters: dict[str, in
                     continue
                 table = pa.ipc.open_stream(row["table"]).read_all()
                 res = ShardResult(by_id[str(row["shard"])], table, orjson.loads(row["rejects"]), int(row["rows_read"]))
-                _commit(job, sink, res, counters, retries, failed, progress)
+                commit_shard(job, sink, res, counters, retries, failed, progress)
         finally:
             getattr(rows, "close", lambda: None)()  # stops the pipeline when the job stops early
     finally:
         if started_here:
             ray.shutdown()
-
-
-def _commit(job: BatchJob, sink: Sink, res: ShardResult, counters: dict[str, int], retries: list[int],
-            failed: list[str], progress: Progress) -> None:
-    """The local engine's commit: retried on transient errors; a permanent failure is reported."""
-    def attempt() -> ShardResult:
-        sink.commit(res.shard.id, res.table, res.rejects)
-        return res
-
-    try:
-        with_retries(attempt, res.shard, job, retries)
-    except ShardFailed as e:
-        failed.append(str(e))
-        log.error("%s", e)
-        return
-    counters["rows_read"] += res.rows_read
-    counters["rows_written"] += res.table.num_rows
-    counters["rows_rejected"] += len(res.rejects)
-    progress.advance(res.shard.rows)
