@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 import orjson
 
 from inferlane.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from inferlane.lanes.batch import BatchJob
 
 EPILOG = ("Exit codes: 0 every shard scored and rejects within --max-reject-ratio; 1 unexpected "
           "error; 2 bad usage or configuration; 3 partial failure (a shard kept failing, or too "
@@ -55,7 +59,7 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def job_from_args(args: argparse.Namespace, job_id: str):  # type: ignore[no-untyped-def]
+def job_from_args(args: argparse.Namespace, job_id: str) -> BatchJob:
     from inferlane.lanes.batch import BatchJob
 
     return BatchJob(
@@ -97,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK if report["status"] == "succeeded" else EXIT_PARTIAL
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b = sub.add_parser("batch", help="score whole datasets, resumable, to files or databases")
     bsub = b.add_subparsers(dest="batch_command", required=True, metavar="ACTION")
     r = bsub.add_parser("run", help="run or resume one batch job", epilog=EPILOG,

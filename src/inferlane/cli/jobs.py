@@ -161,7 +161,7 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     j = sub.add_parser("jobs", help="asynchronous jobs: submit, poll, cancel, run workers")
     jsub = j.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
 

@@ -8,14 +8,18 @@ import signal
 import threading
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from inferlane.cli.batch import EPILOG, add_job_arguments, job_from_args, print_report
 from inferlane.core.errors import ConfigError
 
+if TYPE_CHECKING:
+    from inferlane.lanes.batch import BatchJob
+
 log = logging.getLogger("inferlane.batch.schedule")
 
 
-def _planned_rows(job) -> int:  # type: ignore[no-untyped-def]
+def _planned_rows(job: BatchJob) -> int:
     from inferlane.lanes.batch.sources import filesystem_for, list_inputs, plan_shards
 
     fs, path = filesystem_for(job.input, job.endpoint_url)
@@ -75,7 +79,7 @@ def schedule(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_schedule_parser(bsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_schedule_parser(bsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = bsub.add_parser(
         "schedule", help="run a batch job on a cron schedule, warning early when a deadline is at risk",
         epilog=EPILOG,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from inferlane.core.errors import InvalidInput, PayloadTooLarge
@@ -24,7 +25,7 @@ def _local(uri: str, root: Path | None, what: str) -> Path:
     return full
 
 
-def _s3(uri: str, endpoint_url: str | None) -> tuple[object, str]:
+def _s3(uri: str, endpoint_url: str | None) -> tuple[Any, str]:
     import pyarrow.fs as pafs
 
     p = urlparse(uri)
@@ -38,7 +39,7 @@ def _s3(uri: str, endpoint_url: str | None) -> tuple[object, str]:
 def read_uri(uri: str, *, root: Path | None, max_bytes: int, endpoint_url: str | None = None) -> bytes:
     if uri.startswith("s3://"):
         fs, path = _s3(uri, endpoint_url)
-        with fs.open_input_stream(path) as s:  # type: ignore[attr-defined]
+        with fs.open_input_stream(path) as s:
             data = bytes(s.read(max_bytes + 1))
     else:
         with open(_local(uri, root, "input_uri"), "rb") as fh:
@@ -53,7 +54,7 @@ def write_uri(prefix: str, name: str, data: bytes, *, root: Path | None, endpoin
     if prefix.startswith("s3://"):
         uri = prefix.rstrip("/") + "/" + name
         fs, path = _s3(uri, endpoint_url)
-        with fs.open_output_stream(path) as s:  # type: ignore[attr-defined]
+        with fs.open_output_stream(path) as s:
             s.write(data)
         return uri
     folder = _local(prefix, root, "output_uri")

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from prometheus_client import Counter, Histogram
 
 from inferlane.core.batcher import Prediction
 from inferlane.core.errors import InferlaneError
@@ -30,7 +31,7 @@ class OnlineLane:
     def __init__(self, registry: ModelRegistry, metrics: Metrics) -> None:
         self.registry = registry
         self.metrics = metrics
-        self._children: dict[tuple[str, str, str], tuple[object, object]] = {}
+        self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
     def _observe(self, model: str, version: str, status: str, seconds: float | None) -> None:
         key = (model, version, status)
@@ -39,9 +40,9 @@ class OnlineLane:
             pair = (self.metrics.requests.labels(model, version, "online", status),
                     self.metrics.request_latency.labels(model, version, "online"))
             self._children[key] = pair
-        pair[0].inc()  # type: ignore[attr-defined]
+        pair[0].inc()
         if seconds is not None:
-            pair[1].observe(seconds)  # type: ignore[attr-defined]
+            pair[1].observe(seconds)
 
     async def infer(self, name: str, version: str | None, inputs: Mapping[str, np.ndarray],
                     timeout_s: float | None = None) -> OnlineResult:
