@@ -276,7 +276,8 @@ def test_schedule_warns_at_the_start_when_the_deadline_is_at_risk(model_repo: Pa
 
 
 def test_csv_shard_plan_counts_rows_exactly(tmp_path: Path) -> None:
-    from inferlane.lanes.batch.sources import filesystem_for, list_inputs, plan_shards
+    from inferlane.core.uri import filesystem_for
+    from inferlane.lanes.batch.sources import list_inputs, plan_shards
 
     (tmp_path / "a.csv").write_text("id,x\n" + "".join(f"{i},1\n" for i in range(1500)))
     (tmp_path / "b.jsonl").write_text("".join(f'{{"id": {i}}}\n' for i in range(10)) + '{"id": 10}')

@@ -18,9 +18,9 @@ import pytest
 from inferlane.core.errors import ConfigError
 from inferlane.core.model import ModelVersion
 from inferlane.core.repository import scan_model
+from inferlane.core.uri import filesystem_for
 from inferlane.demo.models import synthetic_transactions
 from inferlane.lanes.batch import BatchJob, run_batch
-from inferlane.lanes.batch.sources import filesystem_for
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")

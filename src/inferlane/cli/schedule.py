@@ -20,7 +20,8 @@ log = logging.getLogger("inferlane.batch.schedule")
 
 
 def _planned_rows(job: BatchJob) -> int:
-    from inferlane.lanes.batch.sources import filesystem_for, list_inputs, plan_shards
+    from inferlane.core.uri import filesystem_for
+    from inferlane.lanes.batch.sources import list_inputs, plan_shards
 
     fs, path = filesystem_for(job.input, job.endpoint_url)
     return sum(s.rows for s in plan_shards(fs, list_inputs(job.input, fs, path, job.input_format), job.shard_rows))

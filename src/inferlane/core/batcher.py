@@ -112,7 +112,6 @@ class DynamicBatcher:
         self._name = name
         self._queues: tuple[deque[_Pending], deque[_Pending]] = (deque(), deque())
         self._live_by_priority = [0, 0]
-        self._live = 0
         self._live_rows = 0
         self._live_elements = 0
         self._inflight = 0
@@ -127,7 +126,7 @@ class DynamicBatcher:
     @property
     def queue_depth(self) -> int:
         """Requests waiting (not yet in a batch)."""
-        return self._live
+        return self._live_by_priority[0] + self._live_by_priority[1]
 
     @property
     def inflight(self) -> int:
@@ -168,7 +167,6 @@ class DynamicBatcher:
         p.timer = self._clock.call_at(deadline, lambda: self._expire(p))
         self._queues[priority].append(p)
         self._live_by_priority[priority] += 1
-        self._live += 1
         self._live_rows += rows
         self._live_elements += elements
         if self._waiting_for == "arrival" or (self._waiting_for == "delay" and self._full()):
@@ -198,7 +196,7 @@ class DynamicBatcher:
     # -- internals ------------------------------------------------------------------------------
 
     def _retry_after(self) -> int:
-        batches = self._live / max(1, self._policy.max_batch_size) + 1
+        batches = self.queue_depth / max(1, self._policy.max_batch_size) + 1
         return int(batches * max(self._forward_estimate, 0.001) / self._policy.max_inflight_batches) + 1
 
     def _full(self) -> bool:
@@ -208,7 +206,6 @@ class DynamicBatcher:
         if p.queued:
             p.queued = False
             self._live_by_priority[p.priority] -= 1
-            self._live -= 1
             self._live_rows -= p.rows
             self._live_elements -= p.elements
         if p.timer is not None:
@@ -263,7 +260,7 @@ class DynamicBatcher:
             if batch.items:
                 self._inflight += 1
                 if self._observer is not None:
-                    self._observer.on_queue(self._live, self._inflight)
+                    self._observer.on_queue(self.queue_depth, self._inflight)
                 asyncio.get_running_loop().create_task(self._execute(batch))
 
     def _take(self) -> _Batch:
@@ -285,7 +282,6 @@ class DynamicBatcher:
                 q.popleft()
                 p.queued = False
                 self._live_by_priority[p.priority] -= 1
-                self._live -= 1
                 self._live_rows -= p.rows
                 self._live_elements -= p.elements
                 batch.items.append(p)
@@ -352,4 +348,4 @@ class DynamicBatcher:
                 p.future.set_result(Prediction(results[i], started - p.enqueued, forward_s, rows))
         if self._observer is not None and items:
             self._observer.on_batch(rows, len(items), forward_s, waits)
-            self._observer.on_queue(self._live, self._inflight)
+            self._observer.on_queue(self.queue_depth, self._inflight)

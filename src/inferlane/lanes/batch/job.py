@@ -29,12 +29,12 @@ from inferlane.core.errors import ConfigError, InferlaneError
 from inferlane.core.model import ModelVersion
 from inferlane.core.repository import scan_model
 from inferlane.core.spec import OnnxOptions
+from inferlane.core.uri import filesystem_for
 from inferlane.lanes.batch.features import FeatureMapper, Prepared
 from inferlane.lanes.batch.sinks import Sink, open_sink
 from inferlane.lanes.batch.sources import (
     Format,
     Shard,
-    filesystem_for,
     list_inputs,
     plan_fingerprint,
     plan_shards,

@@ -19,6 +19,7 @@ import orjson
 import pyarrow as pa
 
 from inferlane.core.errors import ConfigError
+from inferlane.core.uri import filesystem_for
 from inferlane.lanes.batch.features import FeatureMapper
 from inferlane.lanes.batch.job import (
     BatchJob,
@@ -31,7 +32,7 @@ from inferlane.lanes.batch.job import (
     with_retries,
 )
 from inferlane.lanes.batch.sinks import Sink
-from inferlane.lanes.batch.sources import Shard, filesystem_for
+from inferlane.lanes.batch.sources import Shard
 
 try:
     import ray

@@ -13,7 +13,6 @@ import hashlib
 import posixpath
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow as pa
@@ -65,35 +64,6 @@ class Shard:
     def from_dict(cls, d: dict[str, Any]) -> Shard:
         return cls(d["id"], InputFile(**d["file"]), d["start"], d["stop"], tuple(d["row_groups"]),
                    d["byte_start"], d["byte_stop"])
-
-
-def filesystem_for(uri: str, endpoint_url: str | None = None) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local path or an ``s3://bucket/key`` URI.
-
-    For ``s3://``, pyarrow's S3FileSystem (the AWS SDK) resolves all but the endpoint the standard
-    AWS way: credentials from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (+ ``AWS_SESSION_TOKEN``),
-    a ``~/.aws`` profile (``AWS_PROFILE``) or the instance role; the region from ``AWS_REGION``/
-    ``AWS_DEFAULT_REGION`` or the profile (set one for S3-compatible servers too, or the SDK may
-    probe EC2 metadata first). ``endpoint_url`` replaces AWS with an S3-compatible server, e.g.
-    ``http://127.0.0.1:9000`` (MinIO, moto): its scheme picks HTTP or HTTPS, a bare ``host:port``
-    means HTTPS, and buckets are then addressed path-style. Reading needs no bucket creation. Ray
-    actors resolve the same variables in their own processes, which inherit the environment of
-    the process that started Ray.
-    """
-    parsed = urlparse(uri)
-    if parsed.scheme == "s3":
-        kwargs: dict[str, Any] = {}
-        if endpoint_url:
-            ep = urlparse(endpoint_url if "://" in endpoint_url else f"https://{endpoint_url}")
-            if ep.scheme not in ("http", "https") or not ep.netloc:
-                raise ConfigError(f"--endpoint-url {endpoint_url}: write http(s)://host:port")
-            kwargs["endpoint_override"] = ep.netloc
-            kwargs["scheme"] = ep.scheme
-        return pafs.S3FileSystem(**kwargs), parsed.netloc + parsed.path
-    if parsed.scheme not in ("", "file"):
-        raise ConfigError(f"{uri}: unsupported scheme {parsed.scheme!r} (use a local path or s3://)")
-    return pafs.LocalFileSystem(), pafs.LocalFileSystem().normalize_path(
-        parsed.path if parsed.scheme == "file" else uri)
 
 
 def _format_of(path: str, forced: Format | None) -> Format | None:

@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -32,19 +31,15 @@ from inferlane.core.errors import (
 from inferlane.core.spec import ModelConfig
 from inferlane.lanes.jobs import JobsLane
 from inferlane.lanes.online import OnlineLane, OnlineResult
-from inferlane.transport.http.body import header_int, read_body
+from inferlane.transport.http.body import JSON, header_int, read_body
+from inferlane.transport.http.body import json_response as _json
 from inferlane.transport.http.jobs import job_routes
 from inferlane.transport.http.openapi import openapi_document, swagger_html
 
 log = logging.getLogger(__name__)
 
-JSON = "application/json"
 TIMEOUT_HEADER = "inferlane-timeout-ms"
 EXTENSIONS = ["binary_tensor_data", "parameters", "statistics"]
-
-
-def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(doc), status, headers=headers, media_type=JSON)
 
 
 def error_response(e: InferlaneError) -> Response:

@@ -1,15 +1,23 @@
-"""Reading request bodies and numeric headers safely (shared by every HTTP route module)."""
+"""Reading request bodies and headers safely, and JSON responses (shared by every HTTP route module)."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
+import orjson
 from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 
 from inferlane.core.errors import InvalidInput, PayloadTooLarge, RequestTimeout
 
 _DECIMAL = re.compile(r"[0-9]+")
+JSON = "application/json"
+
+
+def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(doc), status, headers=headers, media_type=JSON)
 
 
 def header_int(request: Request, name: str) -> int | None:

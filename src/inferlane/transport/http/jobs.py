@@ -14,17 +14,13 @@ from inferlane.core.errors import Conflict, InvalidInput, ModelNotFound, NotFoun
 from inferlane.lanes.jobs import JobsLane
 from inferlane.store.jobs import JobRecord, JobStatus
 from inferlane.transport.http.body import header_int, read_body
+from inferlane.transport.http.body import json_response as _json
 
-JSON = "application/json"
 IDEMPOTENCY_HEADER = "idempotency-key"
 
 
 def _public(job: JobRecord) -> dict[str, Any]:
     return {**job.to_public(), "status_url": f"/v2/jobs/{job.id}"}
-
-
-def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(doc), status, headers=headers, media_type=JSON)
 
 
 def _optional_str(doc: dict[str, Any], key: str) -> str | None:
