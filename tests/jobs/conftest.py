@@ -6,10 +6,6 @@ fixture fails (never skips) with the install command.
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,60 +13,15 @@ import pytest
 import redis
 
 from inferlane.store.jobs import JobStore, open_job_store
-
-INSTALL_REDIS_SERVER = "redis-server is not installed: run `apt-get install -y redis-server` (scripts/check does it)"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _ping(port: int) -> bool:
-    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5, socket_timeout=0.5)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
-def _start(binary: str, root: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """redis-server on a free port; retried because another process may take the port first."""
-    log = root / "redis.log"
-    for _ in range(3):
-        port = _free_port()
-        with open(log, "wb") as out:
-            proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                     "--appendonly", "no", "--dir", str(root)], stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15.0
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _ping(port):
-                return proc, port
-            time.sleep(0.05)
-        proc.kill()
-        proc.wait()
-    raise RuntimeError(f"redis-server did not answer PING:\n{log.read_text(errors='replace')[-4000:]}")
+from tests.services import INSTALL_REDIS_SERVER as INSTALL_REDIS_SERVER  # re-exported: it used to live here
+from tests.services import redis_server, serve_or_fail
 
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``redis://127.0.0.1:PORT/0`` of a throwaway redis-server shared by the session."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail(INSTALL_REDIS_SERVER, pytrace=False)
-    proc, port = _start(binary, tmp_path_factory.mktemp("redis"))
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """``redis://127.0.0.1:PORT/0`` of a throwaway redis-server shared by the session. Fails, never
+    skips, with the install command (INSTALL_REDIS_SERVER) when redis-server is not installed."""
+    yield from serve_or_fail(redis_server(tmp_path_factory.mktemp("redis")))
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -18,11 +18,11 @@ EPILOG = ("Exit codes: 0 every shard scored and rejects within --max-reject-rati
           "many rejects). Re-run the same command to resume: finished shards are skipped.")
 
 
-def _columns(values: list[str]) -> dict[str, list[str]]:
+def _columns(values: list[str], *, globs: bool = True) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for v in values:
         if "=" not in v:
-            raise ConfigError(f"--columns {v}: write INPUT=col1,col2,... (globs like f_* allowed)")
+            raise ConfigError(f"--columns {v}: write INPUT=col1,col2,...{' (globs like f_* allowed)' if globs else ''}")
         name, cols = v.split("=", 1)
         out[name] = [c for c in cols.split(",") if c]
     return out

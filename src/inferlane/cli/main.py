@@ -80,10 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["critical", "error", "warning", "info", "debug"], help="default info")
     s.set_defaults(func=_serve)
 
-    from inferlane.cli import batch, jobs
+    from inferlane.cli import batch, jobs, stream
 
     batch.add_parser(sub)
     jobs.add_parser(sub)
+    stream.add_parser(sub)
 
     m = sub.add_parser("models", help="model repository tools")
     msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -103,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra(e: ImportError) -> str:
     name = (e.name or "").split(".")[0]
     return {"pyarrow": "batch", "tqdm": "batch", "psycopg": "batch", "croniter": "batch",
-            "ray": "ray", "sklearn": "sklearn", "skops": "sklearn", "skl2onnx": "sklearn"}.get(name, "all")
+            "ray": "ray", "confluent_kafka": "stream", "redis": "redis", "sklearn": "sklearn",
+            "skops": "sklearn", "skl2onnx": "sklearn"}.get(name, "all")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,15 +104,21 @@ class ShardResult:
 
 
 def load_model(job: BatchJob) -> ModelVersion:
-    entry = scan_model(Path(job.model))
-    version = job.version or entry.default_version
+    return open_model(job.model, job.version, job.threads)
+
+
+def open_model(folder: str, version: str | None, threads: int = 0) -> ModelVersion:
+    """A model version from its folder, for lanes that run whole batches themselves (no batcher):
+    ONNX gets ``threads`` intra-op threads (0: every core) and no spinning between batches."""
+    entry = scan_model(Path(folder))
+    version = version or entry.default_version
     if version not in entry.versions:
         raise ConfigError(f"--version {version}: model {entry.name} has versions {list(entry.versions)}")
     config = entry.config
     if config.runtime == "onnx":
         onnx = config.onnx or OnnxOptions()
-        threads = job.threads or (os.cpu_count() or 1)
-        onnx = onnx.model_copy(update={"intra_op_num_threads": threads, "allow_spinning": False})
+        onnx = onnx.model_copy(update={"intra_op_num_threads": threads or (os.cpu_count() or 1),
+                                       "allow_spinning": False})
         config = config.model_copy(update={"onnx": onnx})
     return ModelVersion.load(config, entry.path, version)
 

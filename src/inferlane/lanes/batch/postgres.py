@@ -77,12 +77,11 @@ class PostgresSink(SqlSink):
             return "BYTEA"
         return "TEXT"
 
-    def commit(self, shard_id: str, table: pa.Table, rejects: list[dict[str, Any]]) -> None:
+    def _reconnect_if_lost(self) -> None:
         if self._conn.closed:  # lost (server restart, network): a retry starts over on a new connection
             self._conn.close()
             self._conn = self._connect()
             self._columns = None
-        super().commit(shard_id, table, rejects)
 
     def close(self) -> None:
         self._conn.close()

@@ -49,6 +49,10 @@ class Sink(Protocol):
         """Store the final report; returns where."""
         ...
 
+    def append(self, table: pa.Table) -> None:
+        """Make rows durable outside any shard (upserted on the key where the sink has one)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -116,6 +120,7 @@ class FileSink:
             stale.unlink()
         self._manifest_path = meta / "manifest.jsonl"
         self._manifest = open(self._manifest_path, "ab")  # noqa: SIM115 - kept open for appends
+        self._seq = 0
 
     def finished_shards(self) -> dict[str, dict[str, Any]]:
         done: dict[str, dict[str, Any]] = {}
@@ -150,6 +155,13 @@ class FileSink:
         self._manifest.write(orjson.dumps(rec) + b"\n")
         self._manifest.flush()
         os.fsync(self._manifest.fileno())
+
+    def append(self, table: pa.Table) -> None:
+        """One more durable part, not in the manifest (the stream lane's micro-batches)."""
+        self._seq += 1
+        part = self.folder / f"part-stream-{time.time_ns()}-{os.getpid()}-{self._seq}.{self.ext}"
+        _atomic_write(part, lambda p: self._write_table(table, p))
+        _fsync_dir(self.folder)
 
     def write_report(self, report: dict[str, Any]) -> str:
         path = self.folder / META_DIR / "report.json"
@@ -241,18 +253,36 @@ class SqlSink:
             _atomic_write(self.rejects_dir / f"part-{shard_id}.jsonl",
                           lambda p: p.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rejects)))
         p = self.placeholder
+        self._reconnect_if_lost()
         try:
             with self._transaction():
-                if flat.num_rows:
-                    columns = self._ensure_table(flat)
-                    rows = list(zip(*(flat.column(c).to_pylist() for c in columns), strict=True))
-                    self._bulk_upsert(columns, rows)
+                self._upsert(flat)
                 self._execute(f"INSERT INTO inferlane_batch_manifest VALUES ({p}, {p}, {p}, {p}, {p}) "
                               "ON CONFLICT (job_id, shard) DO NOTHING",
                               (self.job_id, shard_id, flat.num_rows, len(rejects), time.time()))
         except BaseException:
             self._columns = None  # a rolled-back CREATE TABLE must run again on the retry
             raise
+
+    def append(self, table: pa.Table) -> None:
+        """Upsert rows in one transaction, with no manifest (the stream lane's micro-batches)."""
+        flat = flatten_lists(table)
+        self._reconnect_if_lost()
+        try:
+            with self._transaction():
+                self._upsert(flat)
+        except BaseException:
+            self._columns = None
+            raise
+
+    def _upsert(self, flat: pa.Table) -> None:
+        if flat.num_rows:
+            columns = self._ensure_table(flat)
+            rows = list(zip(*(flat.column(c).to_pylist() for c in columns), strict=True))
+            self._bulk_upsert(columns, rows)
+
+    def _reconnect_if_lost(self) -> None:
+        """Dialect hook: open a new connection when the old one broke."""
 
     def write_report(self, report: dict[str, Any]) -> str:
         self.rejects_dir.mkdir(parents=True, exist_ok=True)
@@ -302,16 +332,18 @@ class SqliteSink(SqlSink):
 
 
 def open_sink(output: str, *, job_id: str, fingerprint: str, key: list[str], table: str | None = None,
-              fmt: str | None = None, overwrite: bool = False, rejects_dir: Path | None = None) -> Sink:
+              fmt: str | None = None, overwrite: bool = False, rejects_dir: Path | None = None,
+              flag: str = "--output") -> Sink:
     """A sink from an output URI: a folder (Parquet default; ``--format csv|jsonl``),
-    ``sqlite:///path.db`` or ``postgresql://...`` (``--table`` names the table)."""
+    ``sqlite:///path.db`` or ``postgresql://...`` (``--table`` names the table). ``flag`` names
+    the option in error messages."""
     parsed = urlparse(output)
     default_rejects = Path(f"inferlane-batch-{job_id}") / "rejects"
     if parsed.scheme == "sqlite":
         # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute/path.db
         rest = output[len("sqlite:///"):] if output.startswith("sqlite:///") else ""
         if not rest:
-            raise ConfigError(f"--output {output}: write sqlite:///path/to/file.db")
+            raise ConfigError(f"{flag} {output}: write sqlite:///path/to/file.db")
         path = Path(rest.split("?", 1)[0])
         tbl = table or parse_qs(parsed.query).get("table", ["predictions"])[0]
         return SqliteSink(path, tbl, key, job_id, fingerprint, rejects_dir or path.parent / f"{job_id}-rejects")
@@ -323,6 +355,6 @@ def open_sink(output: str, *, job_id: str, fingerprint: str, key: list[str], tab
         dsn = urlunparse(parsed._replace(query=urlencode(query)))
         return PostgresSink(dsn, tbl, key, job_id, fingerprint, rejects_dir or default_rejects)
     if parsed.scheme not in ("", "file"):
-        raise ConfigError(f"--output {output}: use a folder, sqlite:///file.db or postgresql://...")
+        raise ConfigError(f"{flag} {output}: use a folder, sqlite:///file.db or postgresql://...")
     return FileSink(Path(parsed.path if parsed.scheme == "file" else output), fmt or "parquet", job_id,
                     fingerprint, overwrite)

@@ -1,0 +1,147 @@
+"""``inferlane stream run``: score a Kafka topic or Redis stream continuously."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+import orjson
+
+from inferlane.cli.batch import _columns
+
+DESCRIPTION = """\
+Consume JSON events from a Kafka topic or a Redis stream in a consumer group, score them in
+micro-batches, write each output keyed by <key>@<model version>, and commit offsets (XACK) only
+after the sink acknowledged the outputs. Malformed or unscorable events go to --dlq with their
+error. Run more instances with the same --group to share the partitions.
+
+Sources:  kafka://host:port/topic   redis://host:port/stream[?field=data&db=0]
+Sinks:    kafka://host:port/topic   redis://host:port/stream   a folder (Parquet)
+          sqlite:///file.db   postgresql://user@host/db   (--table, default predictions)
+Dead letters: kafka://...  redis://...  or a .jsonl file
+"""
+
+EPILOG = ("Exit codes: 0 stopped by SIGTERM/SIGINT (or --idle-exit) after finishing and committing "
+          "in-flight batches; 1 a stage failed (nothing unwritten was committed); 2 bad usage or "
+          "configuration. Example: inferlane stream run --model ./models/fraud --source "
+          "kafka://127.0.0.1:9092/transactions --group fraud-scorer --sink kafka://127.0.0.1:9092/fraud-scores "
+          "--dlq kafka://127.0.0.1:9092/fraud-dlq --key id --max-batch 512 --max-wait-ms 50")
+
+
+def run(args: argparse.Namespace) -> int:
+    from inferlane.lanes.batch.job import open_model
+    from inferlane.lanes.stream import (
+        EventDecoder,
+        StreamMetrics,
+        StreamRunner,
+        StreamSettings,
+        open_dead_letters,
+        open_source,
+        open_stream_sink,
+    )
+    from inferlane.lanes.stream.runner import tune_gc
+
+    stop = threading.Event()  # from the start: a SIGTERM while the model loads is a clean stop too
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = StreamSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_inflight=args.max_inflight,
+                              shutdown_timeout_s=args.shutdown_timeout, idle_exit_s=args.idle_exit,
+                              log_interval_s=args.log_every)
+    settings.check()
+    model = open_model(args.model, args.version, args.threads)
+    model.warmup()
+    decoder = EventDecoder.create(model.config, args.key, _columns(args.columns, globs=False))
+    opened: list[Any] = []
+    try:
+        sink = open_stream_sink(args.sink, key_field=args.key, group=args.group, model=model.name, table=args.table)
+        opened.append(sink)
+        dlq = open_dead_letters(args.dlq, group=args.group, model=model.name, version=model.version)
+        opened.append(dlq)
+        source = open_source(args.source, args.group, start=args.start, max_wait_ms=int(args.max_wait_ms),
+                             consumer=args.consumer, claim_idle_ms=args.claim_idle_ms)
+        opened.append(source)
+        metrics = None
+        if args.metrics_port is not None:
+            from prometheus_client import CollectorRegistry, start_http_server
+
+            registry = CollectorRegistry()
+            metrics = StreamMetrics(model.name, model.version, registry)
+            start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry)
+        runner = StreamRunner(model, decoder, source, sink, dlq, settings, metrics)
+        tune_gc()
+        print(f"stream {args.group}: model {model.name} version {model.version}; {source.description} -> "
+              f"{sink.description}; dead letters -> {dlq.description}", file=sys.stderr, flush=True)
+        try:
+            report = runner.run(stop)
+        except Exception as e:  # the stage already logged it with its traceback
+            print(f"stream stopped: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+    finally:
+        for part in reversed(opened):
+            with contextlib.suppress(Exception):
+                part.close()
+        model.close()
+    print(" ".join(f"{k}={v}" for k, v in report.items()), file=sys.stderr)
+    if args.json:
+        sys.stdout.write(orjson.dumps(report).decode() + "\n")
+    return 0
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from e
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text} is negative")
+        return value
+    return parse
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = sub.add_parser("stream", help="score Kafka topics or Redis streams continuously, in micro-batches")
+    ssub = s.add_subparsers(dest="stream_command", required=True, metavar="ACTION")
+    r = ssub.add_parser("run", help="consume, score, write, commit; until SIGTERM", description=DESCRIPTION,
+                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("--model", required=True, help="model folder (<repo>/<name>, with model.yaml)")
+    r.add_argument("--version", help="model version (default: the model's default version)")
+    r.add_argument("--source", required=True, help="kafka://host:port/topic or redis://host:port/stream")
+    r.add_argument("--group", required=True, help="consumer group; instances in one group share the work")
+    r.add_argument("--sink", required=True, help="kafka://, redis://, a folder, sqlite:///file.db or postgresql://")
+    r.add_argument("--dlq", help="dead letters: kafka://, redis:// or a .jsonl file "
+                                 "(default .inferlane/stream/<group>/dead-letters.jsonl)")
+    r.add_argument("--key", required=True, help="event field that identifies an event (the output key)")
+    r.add_argument("--columns", action="append", default=[], metavar="INPUT=FIELDS",
+                   help="event fields feeding a model input, e.g. features=amount,age,hour "
+                        "(default: a field named like the input)")
+    r.add_argument("--table", help="table for database sinks (default predictions)")
+    r.add_argument("--max-batch", type=_positive(int), default=512, help="events per micro-batch (default 512)")
+    r.add_argument("--max-wait-ms", type=_positive(float), default=50.0,
+                   help="close a micro-batch this long after its first event (default 50)")
+    r.add_argument("--max-inflight", type=_positive(int), default=4,
+                   help="micro-batches between consumer and commit before consumption pauses (default 4)")
+    r.add_argument("--start", choices=["earliest", "latest"], default="earliest",
+                   help="where a new group starts (default earliest)")
+    r.add_argument("--consumer", help="Redis consumer name (default <host>-<pid>); reuse it after a restart to "
+                                      "re-read this consumer's pending entries at once")
+    r.add_argument("--claim-idle-ms", type=_positive(int), default=30_000,
+                   help="Redis: take over entries pending this long at a dead consumer (default 30000)")
+    r.add_argument("--threads", type=_positive(int), default=0, help="model threads (default: every core)")
+    r.add_argument("--shutdown-timeout", type=_positive(float), default=30.0,
+                   help="seconds in-flight batches get to finish on SIGTERM or rebalance (default 30)")
+    r.add_argument("--idle-exit", type=_positive(float),
+                   help="exit 0 once no event arrived for this many seconds (drain a backlog, then stop)")
+    r.add_argument("--metrics-port", type=_positive(int), help="serve Prometheus metrics on this port")
+    r.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
+    r.add_argument("--log-every", type=_positive(float), default=10.0, help="seconds between progress lines")
+    r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    r.add_argument("--json", action="store_true", help="print the final report as one JSON line on stdout")
+    r.set_defaults(func=run)
+

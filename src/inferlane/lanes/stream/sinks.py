@@ -1,0 +1,326 @@
+"""Where scored events and dead letters go. ``write`` returns only once the destination has
+acknowledged every record (Kafka delivery reports with ``acks=all``, a Redis reply, a committed
+transaction, an fsynced file): the runner commits source offsets after that, never before.
+
+Record outputs (Kafka topic, Redis stream) carry one JSON object per event, keyed by
+``<input key>@<model version>`` — on a compacted topic (or any consumer that keeps the last value
+per key) a re-delivered event overwrites its earlier output instead of adding one:
+
+    {"id": 17, "model_name": "fraud", "model_version": "1", "probabilities": [0.93, 0.07],
+     "event_time_ms": 1764000000123, "scored_at_ms": 1764000000190}
+
+Table outputs are the batch lane's sinks — a Parquet folder, ``sqlite:///file.db`` or
+``postgresql://...`` — with the primary key (input key, model_version), so a database upserts a
+re-delivered event; a folder gets one part per micro-batch.
+
+Dead letters (``--dlq``): a Kafka topic, a Redis stream, or a ``.jsonl`` file, one JSON object per
+event with the error, the stage that failed and the original payload.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+from urllib.parse import urlparse
+
+import numpy as np
+import orjson
+
+from inferlane.core.errors import ConfigError
+from inferlane.lanes.stream.sources import Event, _split_url, kafka_bootstrap, redis_client
+
+
+class SinkError(RuntimeError):
+    """The destination did not acknowledge a write; the runner retries it."""
+
+
+@dataclass(slots=True)
+class Scored:
+    model: str
+    version: str
+    key_field: str
+    keys: list[str | int]
+    outputs: dict[str, np.ndarray]
+    event_ms: list[int]
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    event: Event
+    stage: str
+    """``decode`` (the payload is not a valid event) or ``score`` (the model failed on it)."""
+    error: str
+
+
+class RecordWriter(Protocol):
+    description: str
+
+    def write(self, records: list[tuple[bytes | None, bytes]]) -> None:
+        """(key, value) records; returns once all are acknowledged, raises SinkError otherwise."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    description: str
+
+    def write(self, batch: Scored) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# -- record writers -----------------------------------------------------------------------------
+
+class KafkaWriter:
+    def __init__(self, url: str, what: str) -> None:
+        from confluent_kafka import KafkaException, Producer
+
+        parsed, topics, extra = _split_url(url, what)
+        if len(topics) != 1:
+            raise ConfigError(f"{what} {url}: one topic")
+        self.topic = topics[0]
+        self.description = f"Kafka {kafka_bootstrap(parsed)} topic {self.topic}"
+        conf: dict[str, Any] = {
+            "bootstrap.servers": kafka_bootstrap(parsed),
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 2,
+            "message.timeout.ms": 30_000,
+            "delivery.report.only.error": True,  # no Python callback per record on the happy path
+            "on_delivery": self._delivered,
+        }
+        conf.update(extra)
+        self._errors: list[str] = []
+        self._producer = Producer(conf)
+        try:
+            meta = self._producer.list_topics(timeout=15)
+        except KafkaException as e:  # librdkafka raises it for every failure (no broker, bad settings)
+            raise ConfigError(f"{what} {url}: cannot reach the broker ({e})") from e
+        if self.topic not in meta.topics or meta.topics[self.topic].error is not None:
+            raise ConfigError(f"{what} {url}: no topic {self.topic} on the broker; create it first")
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._errors.append(str(err))
+
+    def write(self, records: list[tuple[bytes | None, bytes]]) -> None:
+        produce = self._producer.produce
+        topic = self.topic
+        for key, value in records:
+            while True:
+                try:
+                    produce(topic, value, key)
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain it
+                    self._producer.poll(0.05)
+        left = self._producer.flush(60)
+        if left or self._errors:
+            errors, self._errors = self._errors, []
+            raise SinkError(f"{self.description}: {left} record(s) not delivered"
+                            + (f"; {len(errors)} failed: {errors[0]}" if errors else ""))
+
+    def close(self) -> None:
+        self._producer.flush(10)
+
+
+class RedisStreamWriter:
+    """XADD of ``key`` and ``data`` fields, pipelined; ``maxlen=N`` in the URL caps the stream."""
+
+    def __init__(self, url: str, what: str) -> None:
+        import redis
+
+        parsed, streams, query = _split_url(url, what)
+        if len(streams) != 1:
+            raise ConfigError(f"{what} {url}: one stream")
+        self.stream = streams[0]
+        try:
+            self.maxlen = int(query["maxlen"]) if "maxlen" in query else None
+        except ValueError as e:
+            raise ConfigError(f"{what} {url}: maxlen= takes a number") from e
+        self.description = f"Redis {parsed.hostname}:{parsed.port or 6379} stream {self.stream}"
+        self._r = redis_client(parsed, query)
+        try:
+            self._r.ping()  # fail at startup, not with a write retried forever
+        except redis.RedisError as e:
+            self._r.close()
+            raise ConfigError(f"{what} {url}: cannot reach Redis ({e})") from e
+
+    def write(self, records: list[tuple[bytes | None, bytes]]) -> None:
+        import redis
+
+        pipe = self._r.pipeline(transaction=False)
+        for key, value in records:
+            fields = {b"data": value} if key is None else {b"key": key, b"data": value}
+            pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
+        try:
+            pipe.execute()
+        except redis.RedisError as e:
+            raise SinkError(f"{self.description}: {e}") from e
+
+    def close(self) -> None:
+        self._r.close()
+
+
+class JsonlWriter:
+    """Appends values as lines to a local file, fsynced before ``write`` returns. The file (and its
+    folder) is created on the first write, so a run with no dead letters leaves nothing behind."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.description = f"file {path}"
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not os.access(existing, os.W_OK) or (existing == path and path.is_dir()):
+            raise ConfigError(f"{path}: cannot write there")
+        self._fh: BinaryIO | None = None
+        self._lock = threading.Lock()
+
+    def write(self, records: list[tuple[bytes | None, bytes]]) -> None:
+        with self._lock:
+            if self._fh is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = open(self.path, "ab")  # noqa: SIM115 - kept open for appends
+            self._fh.write(b"".join(value + b"\n" for _, value in records))
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
+# -- outputs ------------------------------------------------------------------------------------
+
+def output_key(key: str | int, version: str) -> bytes:
+    return f"{key}@{version}".encode()
+
+
+class RecordSink:
+    """Scored events as JSON records on a Kafka topic or Redis stream."""
+
+    def __init__(self, writer: RecordWriter) -> None:
+        self.writer = writer
+        self.description = writer.description
+
+    def write(self, batch: Scored) -> None:
+        cols = {name: arr.tolist() for name, arr in batch.outputs.items()}
+        names = list(cols)
+        now_ms = int(time.time() * 1000)
+        dumps = orjson.dumps
+        records: list[tuple[bytes | None, bytes]] = []
+        for i, key in enumerate(batch.keys):
+            rec: dict[str, Any] = {batch.key_field: key, "model_name": batch.model, "model_version": batch.version}
+            for n in names:
+                rec[n] = cols[n][i]
+            rec["event_time_ms"] = batch.event_ms[i]
+            rec["scored_at_ms"] = now_ms
+            records.append((output_key(key, batch.version), dumps(rec)))
+        self.writer.write(records)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class TableSink:
+    """Scored events as rows of a batch-lane sink (Parquet folder, SQLite, PostgreSQL)."""
+
+    def __init__(self, url: str, key_field: str, group: str, model: str, table: str | None) -> None:
+        from inferlane.lanes.batch.sinks import open_sink
+
+        self.key_field = key_field
+        self._sink = open_sink(url, job_id=f"stream-{group}", fingerprint=f"stream {model}",
+                               key=[key_field, "model_version"], table=table,
+                               rejects_dir=Path(".inferlane") / "stream" / group / "rejects", flag="--sink")
+        self.description = self._sink.description
+
+    def write(self, batch: Scored) -> None:
+        import pyarrow as pa
+
+        from inferlane.lanes.batch.features import to_arrow
+
+        rows = len(batch.keys)
+        keys = batch.keys if all(type(k) is int for k in batch.keys) else [str(k) for k in batch.keys]
+        cols: dict[str, Any] = {self.key_field: pa.array(keys)}
+        for name, arr in batch.outputs.items():
+            cols[name] = to_arrow(arr)
+        cols["model_name"] = pa.repeat(pa.scalar(batch.model, pa.string()), rows)
+        cols["model_version"] = pa.repeat(pa.scalar(batch.version, pa.string()), rows)
+        cols["event_time"] = pa.array(np.asarray(batch.event_ms, dtype="datetime64[ms]"), pa.timestamp("ms", "UTC"))
+        cols["scored_at"] = pa.repeat(pa.scalar(datetime.now(UTC), pa.timestamp("us", "UTC")), rows)
+        try:
+            self._sink.append(pa.table(cols))
+        except ConfigError:
+            raise
+        except Exception as e:  # database and disk errors: the runner retries
+            raise SinkError(f"{self.description}: {type(e).__name__}: {e}") from e
+
+    def close(self) -> None:
+        self._sink.close()
+
+
+class DeadLetters:
+    """Failed events with their error and original payload, on any record writer."""
+
+    def __init__(self, writer: RecordWriter, model: str, version: str) -> None:
+        self.writer = writer
+        self.description = writer.description
+        self.model = model
+        self.version = version
+
+    def write(self, letters: list[DeadLetter]) -> None:
+        now_ms = int(time.time() * 1000)
+        records: list[tuple[bytes | None, bytes]] = []
+        for d in letters:
+            e = d.event
+            rec: dict[str, Any] = {"error": d.error, "stage": d.stage, "source": e.partition,
+                                   "offset": e.offset, "event_time_ms": e.ts_ms, "model_name": self.model,
+                                   "model_version": self.version, "failed_at_ms": now_ms,
+                                   "key": _text(e.key)}
+            try:
+                rec["payload"] = e.value.decode() if e.value is not None else None
+            except UnicodeDecodeError:
+                rec["payload_base64"] = base64.b64encode(e.value or b"").decode()
+            records.append((e.key, orjson.dumps(rec)))
+        self.writer.write(records)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _text(raw: bytes | None) -> str | None:
+    return raw.decode(errors="replace") if raw is not None else None
+
+
+def record_writer(url: str, what: str) -> RecordWriter | None:
+    scheme = urlparse(url).scheme
+    if scheme == "kafka":
+        return KafkaWriter(url, what)
+    if scheme in ("redis", "rediss"):
+        return RedisStreamWriter(url, what)
+    return None
+
+
+def open_stream_sink(url: str, *, key_field: str, group: str, model: str, table: str | None = None) -> Sink:
+    writer = record_writer(url, "--sink")
+    if writer is not None:
+        return RecordSink(writer)
+    return TableSink(url, key_field, group, model, table)
+
+
+def open_dead_letters(url: str | None, *, group: str, model: str, version: str) -> DeadLetters:
+    """``--dlq``: kafka://, redis:// or a .jsonl file (default ``.inferlane/stream/<group>/dead-letters.jsonl``)."""
+    if url is None:
+        return DeadLetters(JsonlWriter(Path(".inferlane") / "stream" / group / "dead-letters.jsonl"), model, version)
+    writer = record_writer(url, "--dlq")
+    if writer is None:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("", "file") or not parsed.path.endswith(".jsonl"):
+            raise ConfigError(f"--dlq {url}: use kafka://host:port/topic, redis://host:port/stream or a .jsonl file")
+        writer = JsonlWriter(Path(parsed.path if parsed.scheme == "file" else url))
+    return DeadLetters(writer, model, version)

@@ -1,0 +1,387 @@
+"""Where events come from: a Kafka topic through a consumer group, or a Redis stream through a
+consumer group. Both hand out events in order and commit only what the runner says is done.
+
+    source = open_source("kafka://127.0.0.1:9092/transactions", group="fraud-scorer")
+    events = source.poll(max_events=512, timeout_s=0.05)
+    ...                                   # score, write, wait for the sink's ack
+    source.commit(source.positions(events), wait=False)
+
+URLs:
+
+- ``kafka://host:port[,host:port]/topic[,topic]?<librdkafka setting>=<value>&...`` — any consumer
+  setting can ride along in the query (``security.protocol``, ``session.timeout.ms``, ...).
+- ``redis://[user:password@]host:port/stream?db=0&field=data`` (``rediss://`` for TLS): each entry
+  holds the JSON event in one field (``data`` unless ``field=`` says otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+from urllib.parse import parse_qsl, unquote, urlparse
+
+from inferlane.core.errors import ConfigError
+
+log = logging.getLogger("inferlane.stream")
+
+Positions = dict[str, Any]
+"""What to commit: Kafka ``{"topic/partition": next offset}``, Redis ``{stream: [entry ids]}``."""
+
+
+class Event(NamedTuple):
+    value: bytes | None
+    key: bytes | None
+    ts_ms: int
+    """Event time: the Kafka message timestamp, or the time in the Redis entry id."""
+    partition: str
+    """``topic/partition`` for Kafka, the stream name for Redis."""
+    offset: int | str
+
+
+class Source(Protocol):
+    description: str
+    on_revoke: Callable[[], None] | None
+    """Set by the runner: called (inside ``poll``) before this consumer loses partitions, so that
+    in-flight batches finish and commit while the partitions are still ours."""
+
+    def poll(self, max_events: int, timeout_s: float) -> list[Event]: ...
+
+    @property
+    def assigned(self) -> bool:
+        """True once this consumer has been given something to read (Kafka: partitions)."""
+        ...
+
+    def positions(self, events: list[Event]) -> Positions: ...
+
+    def merge(self, into: Positions, more: Positions) -> None: ...
+
+    def commit(self, positions: Positions, *, wait: bool) -> None: ...
+
+    def pause(self) -> None:
+        """Stop fetching (the pipeline is full); ``poll`` keeps the group membership alive."""
+        ...
+
+    def resume(self) -> None: ...
+
+    def lag(self) -> dict[str, int]:
+        """Events not yet consumed, per partition (Kafka) or stream (Redis)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _split_url(url: str, what: str) -> tuple[Any, list[str], dict[str, str]]:
+    parsed = urlparse(url)
+    names = [unquote(n) for n in parsed.path.strip("/").split(",") if n]
+    if not parsed.hostname or not names:
+        raise ConfigError(f"{what} {url}: write {parsed.scheme or 'kafka'}://host:port/name")
+    return parsed, names, dict(parse_qsl(parsed.query))
+
+
+def kafka_bootstrap(parsed: Any) -> str:
+    return str(parsed.netloc.rsplit("@", 1)[-1])
+
+
+class KafkaSource:
+    """A consumer in a group: offsets are stored and committed only by :meth:`commit`."""
+
+    def __init__(self, url: str, group: str, *, start: str = "earliest", max_wait_ms: int = 50) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        parsed, topics, extra = _split_url(url, "--source")
+        self._tp = TopicPartition
+        self.topics = topics
+        self.description = f"Kafka {kafka_bootstrap(parsed)} topic(s) {','.join(topics)} group {group}"
+        conf: dict[str, Any] = {
+            "bootstrap.servers": kafka_bootstrap(parsed),
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": start,
+            "session.timeout.ms": 10_000,
+            "fetch.wait.max.ms": max(5, min(max_wait_ms, 500)),
+            # Prefetch bound: with the pipeline bound, what keeps memory flat under overload.
+            "queued.max.messages.kbytes": 16_384,
+            # When that queue is full, fetch again soon (the default waits a whole second).
+            "fetch.queue.backoff.ms": 10,
+            "client.id": f"inferlane-{socket.gethostname()}-{os.getpid()}",
+        }
+        conf.update(extra)
+        self.on_revoke: Callable[[], None] | None = None
+        self._paused = False
+        self._held: list[Event] = []
+        self._consumer = Consumer(conf, logger=log)
+        self._check_topics()
+        self._assigned = False
+        self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._revoked, on_lost=self._lost)
+
+    @property
+    def assigned(self) -> bool:
+        return self._assigned
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        log.info("partitions assigned: %s", ", ".join(f"{p.topic}/{p.partition}" for p in partitions) or "none")
+        self._assigned = bool(partitions)
+
+    def _check_topics(self) -> None:
+        try:
+            meta = self._consumer.list_topics(timeout=15)
+        except Exception as e:  # librdkafka raises KafkaException for every failure
+            raise ConfigError(f"{self.description}: cannot reach the broker ({e})") from e
+        missing = [t for t in self.topics if t not in meta.topics or meta.topics[t].error is not None]
+        if missing:
+            raise ConfigError(f"{self.description}: no topic {', '.join(missing)} on the broker; create it first")
+
+    def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
+        log.info("partitions revoked: %s", ", ".join(f"{p.topic}/{p.partition}" for p in partitions))
+        self._held.clear()  # fetched but never scored: the next owner reads them again
+        self._assigned = False
+        if self.on_revoke is not None:
+            self.on_revoke()
+
+    def _lost(self, consumer: Any, partitions: list[Any]) -> None:
+        # The group moved on without us (session timeout): our commits would be refused, and the
+        # events of in-flight batches are re-delivered to the new owner anyway.
+        log.warning("partitions lost: %s", ", ".join(f"{p.topic}/{p.partition}" for p in partitions))
+        self._held.clear()
+        self._assigned = False
+
+    def poll(self, max_events: int, timeout_s: float) -> list[Event]:
+        if self._paused:
+            self._held.extend(self._consume(max_events, timeout_s))
+            return []
+        if self._held:
+            out, self._held = self._held[:max_events], self._held[max_events:]
+            return out
+        return self._consume(max_events, timeout_s)
+
+    def _consume(self, max_events: int, timeout_s: float) -> list[Event]:
+        # What is already fetched, at once; when nothing is, wait only for the first message, like
+        # XREADGROUP BLOCK. consume(n, timeout) waits until n messages arrived: on a quiet stream it
+        # held the first events of a micro-batch for the whole idle timeout (100 ms) before
+        # --max-wait-ms even started counting.
+        msgs = self._consumer.consume(num_messages=max_events, timeout=0)
+        if not msgs and timeout_s > 0:
+            first = self._consumer.poll(timeout_s)
+            if first is not None:
+                msgs = [first]
+                if max_events > 1:
+                    msgs += self._consumer.consume(num_messages=max_events - 1, timeout=0)
+        out = []
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise RuntimeError(f"Kafka consumer: {err}")
+                log.warning("Kafka consumer: %s", err)
+                continue
+            out.append(Event(m.value(), m.key(), m.timestamp()[1], f"{m.topic()}/{m.partition()}", m.offset() or 0))
+        return out
+
+    def positions(self, events: list[Event]) -> Positions:
+        pos: Positions = {}
+        for e in events:  # in offset order within a partition: the last one wins
+            pos[e.partition] = e.offset
+        return {p: int(off) + 1 for p, off in pos.items()}
+
+    def merge(self, into: Positions, more: Positions) -> None:
+        for p, off in more.items():
+            into[p] = max(into.get(p, -1), off)
+
+    def commit(self, positions: Positions, *, wait: bool) -> None:
+        from confluent_kafka import KafkaException
+
+        if not positions:
+            return
+        offsets = []
+        for label, off in positions.items():
+            topic, part = label.rsplit("/", 1)
+            offsets.append(self._tp(topic, int(part), off))
+        try:
+            if wait:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as e:  # e.g. a rebalance took the partition: it is re-delivered
+            log.warning("offset commit refused (%s); those events will be re-delivered", e)
+
+    def pause(self) -> None:
+        if not self._paused:
+            self._consumer.pause(self._consumer.assignment())
+            self._paused = True
+
+    def resume(self) -> None:
+        if self._paused:
+            self._consumer.resume(self._consumer.assignment())
+            self._paused = False
+
+    def lag(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        try:
+            assigned = self._consumer.assignment()
+            positions = self._consumer.position(assigned) if assigned else []
+        except Exception:  # a metric must never stop the stream
+            return out
+        for tp in positions:
+            try:
+                low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            except Exception:
+                continue
+            if high < 0 or tp.offset < 0:  # no position before the first fetch after an assignment
+                continue
+            out[f"{tp.topic}/{tp.partition}"] = max(0, high - max(tp.offset, low))
+        return out
+
+    def close(self) -> None:
+        self._consumer.close()  # leaves the group: its partitions move to the others at once
+
+
+def redis_client(parsed: Any, query: dict[str, str]) -> Any:
+    import redis
+
+    try:
+        db = int(query.get("db", "0"))
+    except ValueError as e:
+        raise ConfigError(f"db={query['db']}: a database number") from e
+    return redis.Redis(host=parsed.hostname, port=parsed.port or 6379, db=db,
+                       username=unquote(parsed.username) if parsed.username else None,
+                       password=unquote(parsed.password) if parsed.password else None,
+                       ssl=parsed.scheme == "rediss", socket_connect_timeout=5, socket_timeout=30,
+                       health_check_interval=30)
+
+
+class RedisStreamSource:
+    """XREADGROUP/XACK on one stream; entries left pending by a dead consumer are taken over with
+    XAUTOCLAIM once idle for ``claim_idle_ms``, and this consumer's own pending entries (a restart
+    under the same ``--consumer`` name) are read again first."""
+
+    def __init__(self, url: str, group: str, *, start: str = "earliest", consumer: str | None = None,
+                 claim_idle_ms: int = 30_000) -> None:
+        import redis
+
+        parsed, streams, query = _split_url(url, "--source")
+        if len(streams) != 1:
+            raise ConfigError(f"--source {url}: one Redis stream per source")
+        self.stream = streams[0]
+        self.group = group
+        self.field = query.get("field", "data").encode()
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.claim_idle_ms = claim_idle_ms
+        self.description = (f"Redis {parsed.hostname}:{parsed.port or 6379} stream {self.stream} group {group} "
+                            f"consumer {self.consumer}")
+        self.on_revoke: Callable[[], None] | None = None
+        self._r = redis_client(parsed, query)
+        self._own_pending: bytes | None = b"0"  # re-read our own pending entries first
+        self._claim_cursor = b"0-0"
+        self._next_claim = 0.0
+        self._paused = False
+        self._handed_out: set[str] = set()
+        """Entry ids given to the runner and not yet acknowledged: XAUTOCLAIM cannot skip entries this
+        consumer already owns, and the pending re-read can meet claimed ones; neither may hand an
+        entry out twice."""
+        try:
+            self._r.xgroup_create(self.stream, group, id="0" if start == "earliest" else "$", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise ConfigError(f"{self.description}: {e}") from e
+        except redis.ConnectionError as e:
+            raise ConfigError(f"{self.description}: cannot reach Redis ({e})") from e
+
+    @property
+    def assigned(self) -> bool:
+        return True
+
+    def _events(self, entries: list[Any]) -> list[Event]:
+        out = []
+        handed_out = self._handed_out
+        for entry_id, fields in entries:
+            if entry_id is None:
+                continue
+            eid = entry_id.decode()
+            if eid in handed_out:
+                continue
+            handed_out.add(eid)
+            value = fields.get(self.field) if fields else None
+            out.append(Event(value, None, int(eid.split("-", 1)[0]), self.stream, eid))
+        return out
+
+    def poll(self, max_events: int, timeout_s: float) -> list[Event]:
+        if self._paused:
+            time.sleep(timeout_s)
+            return []
+        now = time.monotonic()
+        if now >= self._next_claim:
+            self._next_claim = now + max(0.5, self.claim_idle_ms / 2000)
+            cursor, claimed, *_ = self._r.xautoclaim(self.stream, self.group, self.consumer, self.claim_idle_ms,
+                                                     start_id=self._claim_cursor, count=max_events)
+            self._claim_cursor = cursor
+            events = self._events(claimed)
+            if events:
+                log.info("claimed %d pending entries of %s from idle consumers", len(events), self.stream)
+                return events
+        while self._own_pending is not None:
+            found = self._r.xreadgroup(self.group, self.consumer, {self.stream: self._own_pending}, count=max_events)
+            entries = found[0][1] if found else []
+            if not entries:
+                self._own_pending = None
+                break
+            self._own_pending = entries[-1][0]
+            events = self._events(entries)
+            if events:
+                return events
+        block = max(1, int(timeout_s * 1000))
+        found = self._r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=max_events, block=block)
+        return self._events(found[0][1]) if found else []
+
+    def positions(self, events: list[Event]) -> Positions:
+        return {self.stream: [e.offset for e in events]} if events else {}
+
+    def merge(self, into: Positions, more: Positions) -> None:
+        for stream, ids in more.items():
+            into.setdefault(stream, []).extend(ids)
+
+    def commit(self, positions: Positions, *, wait: bool) -> None:
+        pipe = self._r.pipeline(transaction=False)
+        for stream, ids in positions.items():
+            for i in range(0, len(ids), 10_000):
+                pipe.xack(stream, self.group, *ids[i:i + 10_000])
+        pipe.execute()
+        for ids in positions.values():
+            self._handed_out.difference_update(ids)
+
+    def pause(self) -> None:
+        self._paused = True  # Redis hands out entries only when asked: stop asking
+
+    def resume(self) -> None:
+        self._paused = False
+
+    def lag(self) -> dict[str, int]:
+        try:
+            for g in self._r.xinfo_groups(self.stream):
+                if g["name"].decode() == self.group:
+                    lag = g.get("lag")
+                    return {self.stream: int(lag if lag is not None else g.get("pending", 0))}
+        except Exception:  # a metric must never stop the stream
+            pass
+        return {}
+
+    def close(self) -> None:
+        self._r.close()
+
+
+def open_source(url: str, group: str, *, start: str = "earliest", max_wait_ms: int = 50,
+                consumer: str | None = None, claim_idle_ms: int = 30_000) -> Source:
+    if not group:
+        raise ConfigError("--group: name the consumer group (instances with one group share the work)")
+    if start not in ("earliest", "latest"):
+        raise ConfigError(f"--start {start}: earliest or latest")
+    scheme = urlparse(url).scheme
+    if scheme == "kafka":
+        return KafkaSource(url, group, start=start, max_wait_ms=max_wait_ms)
+    if scheme in ("redis", "rediss"):
+        return RedisStreamSource(url, group, start=start, consumer=consumer, claim_idle_ms=claim_idle_ms)
+    raise ConfigError(f"--source {url}: use kafka://host:port/topic or redis://host:port/stream")
