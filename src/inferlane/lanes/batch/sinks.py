@@ -18,7 +18,7 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlparse, urlunparse
@@ -253,33 +253,29 @@ class SqlSink:
             _atomic_write(self.rejects_dir / f"part-{shard_id}.jsonl",
                           lambda p: p.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rejects)))
         p = self.placeholder
-        self._reconnect_if_lost()
-        try:
-            with self._transaction():
-                self._upsert(flat)
-                self._execute(f"INSERT INTO inferlane_batch_manifest VALUES ({p}, {p}, {p}, {p}, {p}) "
-                              "ON CONFLICT (job_id, shard) DO NOTHING",
-                              (self.job_id, shard_id, flat.num_rows, len(rejects), time.time()))
-        except BaseException:
-            self._columns = None  # a rolled-back CREATE TABLE must run again on the retry
-            raise
+        self._write(flat, lambda: self._execute(
+            f"INSERT INTO inferlane_batch_manifest VALUES ({p}, {p}, {p}, {p}, {p}) "
+            "ON CONFLICT (job_id, shard) DO NOTHING",
+            (self.job_id, shard_id, flat.num_rows, len(rejects), time.time())))
 
     def append(self, table: pa.Table) -> None:
         """Upsert rows in one transaction, with no manifest (the stream lane's micro-batches)."""
-        flat = flatten_lists(table)
+        self._write(flatten_lists(table))
+
+    def _write(self, flat: pa.Table, then: Callable[[], object] | None = None) -> None:
+        """Upsert ``flat`` and run ``then`` in one transaction, on a live connection."""
         self._reconnect_if_lost()
         try:
             with self._transaction():
-                self._upsert(flat)
+                if flat.num_rows:
+                    columns = self._ensure_table(flat)
+                    rows = list(zip(*(flat.column(c).to_pylist() for c in columns), strict=True))
+                    self._bulk_upsert(columns, rows)
+                if then is not None:
+                    then()
         except BaseException:
-            self._columns = None
+            self._columns = None  # a rolled-back CREATE TABLE must run again on the retry
             raise
-
-    def _upsert(self, flat: pa.Table) -> None:
-        if flat.num_rows:
-            columns = self._ensure_table(flat)
-            rows = list(zip(*(flat.column(c).to_pylist() for c in columns), strict=True))
-            self._bulk_upsert(columns, rows)
 
     def _reconnect_if_lost(self) -> None:
         """Dialect hook: open a new connection when the old one broke."""

@@ -211,7 +211,7 @@ def _gather_checked(rows: list[dict[str, Any]], spec: _Input, bad: dict[int, str
         except KeyError as e:
             bad.setdefault(j, f"input {spec.name!r}: missing field {e.args[0]!r}")
             converted.append(None)
-        except (TypeError, ValueError, OverflowError) as e:
+        except (TypeError, ValueError, OverflowError, RecursionError) as e:
             field = spec.fields[0] if not spec.gathered else ",".join(spec.fields)
             bad.setdefault(j, f"input {spec.name!r} (field {field}): {str(e)[:200]}")
             converted.append(None)

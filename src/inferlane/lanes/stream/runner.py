@@ -222,8 +222,8 @@ class StreamRunner:
             self.source.merge(merged, pos)
         self.source.commit(merged, wait=wait)
 
-    def _finish(self, timeout_s: float) -> bool:
-        """Hand on the partial batch, wait for every in-flight batch, commit. False on timeout."""
+    def _finish(self, timeout_s: float) -> None:
+        """Hand on the partial batch, wait for every in-flight batch (up to ``timeout_s``), commit."""
         if self._partial and self._fatal is None:
             self._dispatch()
         deadline = time.monotonic() + timeout_s
@@ -235,9 +235,7 @@ class StreamRunner:
                                 "delivered again", self._inflight, timeout_s)
                     break
                 self._cond.wait(min(left, 0.1))
-            finished = self._inflight == 0
         self._commit_done(wait=True)
-        return finished
 
     def _revoked(self) -> None:
         if self._abort.is_set():

@@ -33,7 +33,7 @@ import numpy as np
 import orjson
 
 from inferlane.core.errors import ConfigError
-from inferlane.lanes.stream.sources import Event, _split_url, kafka_bootstrap, redis_client
+from inferlane.lanes.stream.sources import Event, _split_url, kafka_bootstrap, redis_client, require_topics
 
 
 class SinkError(RuntimeError):
@@ -80,7 +80,7 @@ class Sink(Protocol):
 
 class KafkaWriter:
     def __init__(self, url: str, what: str) -> None:
-        from confluent_kafka import KafkaException, Producer
+        from confluent_kafka import Producer
 
         parsed, topics, extra = _split_url(url, what)
         if len(topics) != 1:
@@ -99,12 +99,7 @@ class KafkaWriter:
         conf.update(extra)
         self._errors: list[str] = []
         self._producer = Producer(conf)
-        try:
-            meta = self._producer.list_topics(timeout=15)
-        except KafkaException as e:  # librdkafka raises it for every failure (no broker, bad settings)
-            raise ConfigError(f"{what} {url}: cannot reach the broker ({e})") from e
-        if self.topic not in meta.topics or meta.topics[self.topic].error is not None:
-            raise ConfigError(f"{what} {url}: no topic {self.topic} on the broker; create it first")
+        require_topics(self._producer, [self.topic], f"{what} {url}")
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:

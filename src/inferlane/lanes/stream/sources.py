@@ -86,6 +86,17 @@ def kafka_bootstrap(parsed: Any) -> str:
     return str(parsed.netloc.rsplit("@", 1)[-1])
 
 
+def require_topics(client: Any, topics: list[str], label: str) -> None:
+    """ConfigError unless the broker answers and has every topic (the lane never creates one)."""
+    try:
+        meta = client.list_topics(timeout=15)
+    except Exception as e:  # librdkafka raises KafkaException for every failure (no broker, bad settings)
+        raise ConfigError(f"{label}: cannot reach the broker ({e})") from e
+    missing = [t for t in topics if t not in meta.topics or meta.topics[t].error is not None]
+    if missing:
+        raise ConfigError(f"{label}: no topic {', '.join(missing)} on the broker; create it first")
+
+
 class KafkaSource:
     """A consumer in a group: offsets are stored and committed only by :meth:`commit`."""
 
@@ -115,7 +126,7 @@ class KafkaSource:
         self._paused = False
         self._held: list[Event] = []
         self._consumer = Consumer(conf, logger=log)
-        self._check_topics()
+        require_topics(self._consumer, topics, self.description)
         self._assigned = False
         self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._revoked, on_lost=self._lost)
 
@@ -126,15 +137,6 @@ class KafkaSource:
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         log.info("partitions assigned: %s", ", ".join(f"{p.topic}/{p.partition}" for p in partitions) or "none")
         self._assigned = bool(partitions)
-
-    def _check_topics(self) -> None:
-        try:
-            meta = self._consumer.list_topics(timeout=15)
-        except Exception as e:  # librdkafka raises KafkaException for every failure
-            raise ConfigError(f"{self.description}: cannot reach the broker ({e})") from e
-        missing = [t for t in self.topics if t not in meta.topics or meta.topics[t].error is not None]
-        if missing:
-            raise ConfigError(f"{self.description}: no topic {', '.join(missing)} on the broker; create it first")
 
     def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
         log.info("partitions revoked: %s", ", ".join(f"{p.topic}/{p.partition}" for p in partitions))
@@ -202,7 +204,7 @@ class KafkaSource:
             topic, part = label.rsplit("/", 1)
             offsets.append(self._tp(topic, int(part), off))
         try:
-            if wait:
+            if wait:  # two calls, not asynchronous=not wait: the stubs type each overload by a literal
                 self._consumer.commit(offsets=offsets, asynchronous=False)
             else:
                 self._consumer.commit(offsets=offsets, asynchronous=True)
