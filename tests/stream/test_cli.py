@@ -4,6 +4,7 @@ dead-letters to the default file under the working directory."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -205,6 +206,16 @@ def test_unreachable_redis_source_sink_or_dlq(tmp_path: Path, fraud: Path, strea
         assert "Connection refused" in line, line
     # the default dead-letter file is created on the first dead letter, not by a run that never started
     assert not (tmp_path / ".inferlane").exists()
+
+def test_a_metrics_port_in_use(tmp_path: Path, fraud: Path, stream_redis_url: str, topic_prefix: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = lane(fraud, stream_url(stream_redis_url, f"{topic_prefix}:in"), topic_prefix,
+                      stream_url(stream_redis_url, f"{topic_prefix}:out"), "--metrics-port", str(port),
+                      "--idle-exit", "3", cwd=tmp_path)
+    assert_usage_error(result, f"--metrics-port {port} on 127.0.0.1: Address already in use")
 
 
 # -- a small run through Redis Streams ---------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from inferlane.cli.batch import _columns
+from inferlane.core.errors import ConfigError
 
 DESCRIPTION = """\
 Consume JSON events from a Kafka topic or a Redis stream in a consumer group, score them in
@@ -72,7 +73,11 @@ def run(args: argparse.Namespace) -> int:
 
             registry = CollectorRegistry()
             metrics = StreamMetrics(model.name, model.version, registry)
-            start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry)
+            try:
+                start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry)
+            except OSError as e:  # the port is taken, or the address is not this host's
+                raise ConfigError(f"--metrics-port {args.metrics_port} on {args.metrics_host}: "
+                                  f"{e.strerror or e}") from e
         runner = StreamRunner(model, decoder, source, sink, dlq, settings, metrics)
         tune_gc()
         print(f"stream {args.group}: model {model.name} version {model.version}; {source.description} -> "
