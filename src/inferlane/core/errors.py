@@ -3,19 +3,20 @@
 Each error carries the HTTP status and gRPC status code it maps to, so transports never
 decide error semantics themselves (DESIGN.md, "Error semantics")::
 
-    InferlaneError
+    InferlaneError                                     transient: a retry may succeed (core/retry.py)
     ├── InvalidInput          400  INVALID_ARGUMENT
     ├── PayloadTooLarge       413  RESOURCE_EXHAUSTED
     ├── ModelNotFound         404  NOT_FOUND
     ├── NotFound              404  NOT_FOUND       (a job id)
     ├── Conflict              409  FAILED_PRECONDITION
-    ├── Unavailable           503  UNAVAILABLE
+    ├── Unavailable           503  UNAVAILABLE         transient
     │   ├── QueueFull         503  UNAVAILABLE  (+ Retry-After)
     │   └── ModelNotReady     503  UNAVAILABLE
-    ├── DeadlineExceeded      504  DEADLINE_EXCEEDED
+    ├── DeadlineExceeded      504  DEADLINE_EXCEEDED   transient
     ├── RequestTimeout        408  DEADLINE_EXCEEDED (the client stalled sending its body)
     ├── Unauthenticated       401  UNAUTHENTICATED
     ├── PermissionDenied      403  PERMISSION_DENIED
+    ├── RetriesExhausted      503  UNAVAILABLE         (a transient error outlasted the retry policy)
     ├── ConfigError           (a model repository or model.yaml is wrong; never reaches a client)
     └── ModelError            500  INTERNAL
         └── BatchSizeMismatch 500  INTERNAL
@@ -29,6 +30,8 @@ class InferlaneError(Exception):
 
     http_status: int = 500
     grpc_code: str = "INTERNAL"
+    transient: bool = False
+    """True when the same call may succeed later; the one retry rule (core/retry.py) reads it."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -75,6 +78,7 @@ class Unavailable(InferlaneError):
 
     http_status = 503
     grpc_code = "UNAVAILABLE"
+    transient = True
 
 
 class QueueFull(Unavailable):
@@ -94,6 +98,7 @@ class DeadlineExceeded(InferlaneError):
 
     http_status = 504
     grpc_code = "DEADLINE_EXCEEDED"
+    transient = True
 
 
 class RequestTimeout(InferlaneError):
@@ -111,6 +116,20 @@ class Unauthenticated(InferlaneError):
 class PermissionDenied(InferlaneError):
     http_status = 403
     grpc_code = "PERMISSION_DENIED"
+
+
+class RetriesExhausted(InferlaneError):
+    """A transient error kept coming back until the retry policy gave up; ``__cause__`` is the
+    last one. Not transient itself: the policy already spent its budget."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+
+    def __init__(self, what: str, attempts: int, last: BaseException) -> None:
+        super().__init__(f"{what} failed {attempts} time{'s' if attempts != 1 else ''}; "
+                         f"last error: {type(last).__name__}: {last}")
+        self.attempts = attempts
+        self.last = last
 
 
 class ConfigError(InferlaneError):
