@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
 from inferlane.demo.models import write_fraud_model
-from inferlane.demo.serverproc import free_port, start_server, stop_server, wait_ready
+from inferlane.testing import ServerProcess, serve, serve_or_fail
+
+Server = ServerProcess  # the name the tests use for a running ``inferlane serve``
 
 SLOW_MODEL = textwrap.dedent('''
     import time
@@ -55,34 +55,13 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
-@dataclass
-class Server:
-    port: int
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-
 def _serve(repo: Path, log: Path, extra: list[str] | None = None,
            env: dict[str, str] | None = None) -> Iterator[Server]:
-    port = free_port()
+    """For fixtures: ``inferlane serve repo`` on a free port until the fixture ends. A server that
+    does not start fails the test with the end of its log."""
     # Each server keeps its job store next to its log, never in the working directory.
     env = {"INFERLANE_JOBS_STORE": f"sqlite:///{log.parent / 'jobs.db'}", **(env or {})}
-    proc = start_server(repo, port, log_path=log, extra=extra, env=env)
-    try:
-        wait_ready(port, proc)
-    except Exception:
-        stop_server(proc)
-        raise RuntimeError(f"server did not start:\n{log.read_text()}") from None
-    yield Server(port, proc, log)
-    stop_server(proc)
+    yield from serve_or_fail(serve(repo, log_path=log, extra=extra, env=env))
 
 
 @pytest.fixture(scope="session")

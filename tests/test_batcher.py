@@ -131,8 +131,13 @@ async def test_queue_full_answers_with_retry_after() -> None:
     await b.close()
 
 
-async def test_wrong_output_length_fails_every_request_with_a_named_error() -> None:
-    clock, rec = FakeClock(), Recorder(fn=lambda x: x[:-1])
+async def test_an_error_from_forward_fails_every_request_of_the_batch_with_it() -> None:
+    # ModelVersion.forward raises BatchSizeMismatch for a wrong row count (tests/test_models.py);
+    # the batcher hands whatever its forward raised to every request of that batch.
+    def fn(x: np.ndarray) -> np.ndarray:
+        raise BatchSizeMismatch("y", len(x), len(x) - 1)
+
+    clock, rec = FakeClock(), Recorder(fn=fn)
     b = make(rec, clock, max_batch_size=3, max_queue_delay_ms=1000)
     tasks = [submit(b, clock, i) for i in range(3)]
     results = await asyncio.gather(*tasks, return_exceptions=True)

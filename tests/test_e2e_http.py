@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
+import subprocess
 import textwrap
-import time
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,7 @@ from inferlane.core.model import ModelVersion
 from inferlane.core.repository import scan_model
 from inferlane.demo.loadgen import build_request, run_load
 from inferlane.demo.models import synthetic_transactions
-from inferlane.demo.serverproc import free_port, start_server, stop_server, wait_ready
+from inferlane.testing import accepts_connections, exited, free_port, start_server, stop_process, wait_ready, wait_until
 from tests.conftest import Server, write_slow_model
 
 pytestmark = pytest.mark.e2e
@@ -163,52 +164,89 @@ def test_server_metadata_and_docs(server: Server) -> None:
     assert "swagger-ui" in httpx.get(f"{server.url}/docs").text
 
 
-LOADING_MODEL = textwrap.dedent('''
-    import time
-
+# A model that holds at two gates, named pipes in its version folder: its warm-up batch waits until
+# the test opens warmup.gate, and the first batch after it until the test opens predict.gate.
+# Opening a pipe blocks until the other end is opened too, so each gate is an event, not a sleep.
+GATED_MODEL = textwrap.dedent('''
     class Model:
         def load(self, version_dir):
-            time.sleep(1.5)
+            self.gates = [version_dir / "warmup.gate", version_dir / "predict.gate"]
 
         def predict(self, batch):
-            time.sleep(0.3)
+            if self.gates:
+                with open(self.gates.pop(0), "rb") as gate:
+                    gate.read()
             return {"y": batch["x"]}
 ''')
 
 
+def open_gate(gate: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Let the model past ``gate``: open the pipe for writing once the model waits at it, then close
+    it (the model's read returns at end of file)."""
+    fds: list[int] = []
+
+    def model_waits() -> bool:
+        try:
+            fds.append(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))  # ENXIO until the model opened its end
+        except OSError:
+            return False
+        return True
+
+    wait_until(model_waits, f"the model waits at {gate.name}", 30, abort_if=[exited(proc, log)])
+    os.close(fds[0])
+
+
+def queue_depth(url: str, model: str) -> float:
+    """The model's ``inferlane_queue_depth`` on the server's /metrics."""
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("inferlane_queue_depth{") and f'model="{model}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def is_live(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/v2/health/live").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def test_readiness_waits_for_warmup_and_sigterm_drains_in_flight(tmp_path: Path) -> None:
-    d = write_slow_model(tmp_path, "sleepy", delay=0.3, max_batch_size=8, max_queue_delay_ms=1)
-    (d / "1" / "model.py").write_text(LOADING_MODEL)
-    port = free_port()
-    proc = start_server(tmp_path, port, log_path=tmp_path / "log")
+    d = write_slow_model(tmp_path, "sleepy", max_batch_size=1)  # one request per batch: 1 running, 3 queued
+    (d / "1" / "model.py").write_text(GATED_MODEL)
+    for gate in ("warmup.gate", "predict.gate"):
+        os.mkfifo(d / "1" / gate)
+    port, log = free_port(), tmp_path / "log"
+    proc = start_server(tmp_path, port, log_path=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                live = httpx.get(f"{url}/v2/health/live")
-                break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        assert live.status_code == 200
-        assert httpx.get(f"{url}/v2/health/ready").status_code == 503  # still loading
+        wait_until(lambda: is_live(url), "the server is live", 20, abort_if=[exited(proc, log)])
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 503  # loaded, held in its warm-up batch
         r = httpx.post(f"{url}/v2/models/sleepy/infer", content=v2_body(np.ones((1, 4), np.float32), name="x"))
         assert r.status_code == 503
-        wait_ready(port, proc)
+        open_gate(d / "1" / "warmup.gate", proc, log)
+        wait_ready(port, proc, log=log)
 
         async def in_flight_then_sigterm() -> list[int]:
             async with httpx.AsyncClient(timeout=10) as c:
                 body = v2_body(np.ones((1, 4), np.float32), name="x")
                 tasks = [asyncio.ensure_future(c.post(f"{url}/v2/models/sleepy/infer", content=body))
                          for _ in range(4)]
-                await asyncio.sleep(0.1)
+                # In flight: the first request is in the model (held at predict.gate), three are queued.
+                await asyncio.to_thread(wait_until, lambda: queue_depth(url, "sleepy") == 3,
+                                        "the server holds all four requests", 30)
                 proc.send_signal(signal.SIGTERM)
+                # Draining: the server closed its listening socket, with the four still unanswered.
+                await asyncio.to_thread(wait_until, lambda: not accepts_connections(port),
+                                        "the server stops accepting connections", 30)
+                assert not any(t.done() for t in tasks)
+                await asyncio.to_thread(open_gate, d / "1" / "predict.gate", proc, log)
                 return [r.status_code for r in await asyncio.gather(*tasks)]
 
         assert asyncio.run(in_flight_then_sigterm()) == [200, 200, 200, 200]
         assert proc.wait(15) == 0
     finally:
-        stop_server(proc)
+        stop_process(proc)
 
 
 def test_several_workers_serve_the_same_port(model_repo: Path, tmp_path: Path) -> None:
@@ -222,7 +260,7 @@ def test_several_workers_serve_the_same_port(model_repo: Path, tmp_path: Path) -
                      for _ in range(10)}
         assert codes == {200}
     finally:
-        assert stop_server(proc) == 0
+        assert stop_process(proc) == 0
 
 
 def test_serve_refuses_a_bad_repository_with_the_field_named(tmp_path: Path) -> None:
@@ -266,4 +304,4 @@ def test_a_stalled_body_is_answered_408(model_repo: Path, tmp_path: Path) -> Non
                        content=v2_body(np.zeros((1, 30), np.float32)))
         assert r.status_code == 200
     finally:
-        stop_server(proc)
+        stop_process(proc)

@@ -282,20 +282,21 @@ def test_nested_data_is_accepted_row_major(client: httpx.Client) -> None:
 ])
 def test_ragged_nested_data(client: httpx.Client, data: list[Any]) -> None:
     error(client.post(INFER, content=v2(tensor(shape=[2, 30], data=data))), 400,
-          "input 'features': data is ragged")
+          "input 'features': ragged nested lists (rows of different lengths)")
 
 
 @pytest.mark.parametrize(("data", "found"), [
-    (["0.5"] * 30, "strings"),
-    ([0.5] * 29 + ["x"], "strings"),
-    ([True] * 30, "booleans"),
-    ([None] * 30, "nulls, objects or mixed values"),
-    ([0.5] * 29 + [None], "nulls, objects or mixed values"),
-    ([{}] * 30, "nulls, objects or mixed values"),
+    (["0.5"] * 30, "a string"),
+    ([0.5] * 29 + ["x"], "a string"),
+    ([True] * 30, "true/false"),
+    ([0.5] * 29 + [True], "true/false"),  # among numbers too (NumPy would make it 1.0)
+    ([None] * 30, "null"),
+    ([0.5] * 29 + [None], "null"),
+    ([{}] * 30, "an object"),
 ])
 def test_non_numbers_in_fp32_data(client: httpx.Client, data: list[Any], found: str) -> None:
     error(client.post(INFER, content=v2(tensor(data=data))), 400,
-          f"input 'features': data is not FP32 numbers (found {found})")
+          f"input 'features': {found} where FP32 numbers belong")
 
 
 @pytest.mark.parametrize("data", [None, 0.5, "0.5", {"0": 0.5}, ...])
@@ -309,14 +310,14 @@ def test_floats_for_an_int_input(client: httpx.Client) -> None:
     # The codec refuses the data against the datatype the request declares, before the model's
     # signature is looked at.
     error(client.post(INFER, content=v2(tensor(datatype="INT64", data=[0.5] * 30))), 400,
-          "input 'features': data is not INT64 numbers (found floats)")
+          "input 'features': a float where INT64 integers belong")
     error(client.post(INFER, content=v2(tensor(datatype="INT32", data=[1] * 29 + [1.5]))), 400,
-          "input 'features': data is not INT32 numbers (found floats)")
+          "input 'features': a float where INT32 integers belong")
 
 
 def test_numbers_for_a_bool_input(client: httpx.Client) -> None:
     error(client.post(INFER, content=v2(tensor(datatype="BOOL", data=[1] * 30))), 400,
-          "input 'features': BOOL data must be true/false")
+          "input 'features': a number where BOOL values (true/false) belong")
 
 
 @pytest.mark.parametrize(("datatype", "value"), [
@@ -328,7 +329,7 @@ def test_out_of_range_numbers(client: httpx.Client, datatype: str, value: float)
     body = (b'{"inputs": [{"name": "features", "datatype": "' + datatype.encode()
             + b'", "shape": [1, 30], "data": [' + b", ".join([str(value).encode()] * 30) + b"]}]}")
     error(client.post(INFER, content=body), 400,
-          f"input 'features': values out of range for {datatype}")
+          f"input 'features': a number out of range for {datatype}")
 
 
 def test_in_range_extremes_reach_the_model(client: httpx.Client) -> None:
@@ -348,7 +349,7 @@ def test_deeply_nested_json(client: httpx.Client) -> None:
     for _ in range(100):
         deep = [deep]
     error(client.post(INFER, content=v2(tensor(shape=[1], data=deep))), 400,
-          "input 'features': data is nested more than 64 levels deep")
+          "input 'features': lists nested more than 32 levels deep")
 
 
 def test_slow_model_rows(client: httpx.Client) -> None:
@@ -549,15 +550,15 @@ def test_binary_bytes_elements_truncated(client: httpx.Client) -> None:
     ({"instances": 5}, ["instances must be a non-empty list of rows"]),
     ({"instances": []}, ["instances must be a non-empty list of rows"]),
     ({"instances": None}, ["instances must be a non-empty list of rows"]),
-    ({"instances": [[0.5] * 30, [0.5] * 29]}, ["input 'features': data is ragged"]),
-    ({"instances": [["0.5"] * 30]}, ["input 'features': data is not FP32 numbers (found strings)"]),
-    ({"instances": [[True] * 30]}, ["input 'features': data is not FP32 numbers (found booleans)"]),
-    ({"instances": [[None] * 30]}, ["input 'features': data is not FP32 numbers (found nulls"]),
+    ({"instances": [[0.5] * 30, [0.5] * 29]}, ["input 'features': ragged nested lists"]),
+    ({"instances": [["0.5"] * 30]}, ["input 'features': a string where FP32 numbers belong"]),
+    ({"instances": [[True] * 30]}, ["input 'features': true/false where FP32 numbers belong"]),
+    ({"instances": [[None] * 30]}, ["input 'features': null where FP32 numbers belong"]),
     ({"instances": [[0.5] * 29]}, ["input 'features': shape [1, 29] does not match [-1, 30]"]),
-    ({"instances": [[1e39] * 30]}, ["input 'features': values out of range for FP32"]),
+    ({"instances": [[1e39] * 30]}, ["input 'features': a number out of range for FP32"]),
     ({"instances": [{"x": [0.5] * 30}]}, ["instances[0]: missing input 'features'"]),
     ({"instances": [[0.5] * 30, {"features": [0.5] * 30}]},
-     ["input 'features': data is ragged"]),
+     ["input 'features': ragged nested lists"]),
     ({"instances": [[0.5] * 30], "inputs": [[0.5] * 30]},
      ["body must have either 'instances' or 'inputs', not both"]),
     ({"rows": [[0.5] * 30]}, ["body must have 'instances' (a list of rows) or 'inputs' (columns)"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from inferlane.core.errors import ConfigError, InvalidInput, ModelError, PayloadTooLarge
+from inferlane.core.errors import BatchSizeMismatch, ConfigError, InvalidInput, ModelError, PayloadTooLarge
 from inferlane.core.model import ModelVersion
 from inferlane.core.repository import scan_model, scan_repository
 from inferlane.demo.models import synthetic_transactions
@@ -152,6 +153,51 @@ def test_missing_output_is_a_named_model_error(tmp_path: Path) -> None:
         load(d).forward({"x": np.ones((1, 3), np.float32)})
 
 
+SHORT_MODEL = textwrap.dedent('''
+    class Model:
+        def load(self, version_dir):
+            pass
+
+        def predict(self, batch):
+            return {"y": batch["x"][:-1, :1]}  # one row short
+''')
+
+
+def test_a_wrong_row_count_is_checked_once_in_forward_and_fails_every_request_of_the_batch(tmp_path: Path) -> None:
+    d = python_model(tmp_path, batching={"max_batch_size": 4, "max_queue_delay_ms": 50})
+    (d / "1" / "model.py").write_text(SHORT_MODEL)
+    mv = load(d)
+    with pytest.raises(BatchSizeMismatch) as info:
+        mv.forward({"x": np.ones((3, 3), np.float32)})
+    assert (info.value.expected, info.value.got) == (3, 2)
+    assert "model output 'y' has 2 rows for a batch of 3 rows" in info.value.message
+    with pytest.raises(BatchSizeMismatch):  # the whole-batch lanes' entry point is the same forward
+        mv.score({"x": np.ones((10, 3), np.float32)}, chunk_rows=4)
+
+    async def three_requests() -> list[object]:
+        mv.start_batcher()
+        assert mv.batcher is not None
+        deadline = mv.batcher._clock.now() + 5
+        try:
+            return await asyncio.gather(*(mv.infer({"x": np.full((1, 3), i, np.float32)}, deadline)
+                                          for i in range(3)), return_exceptions=True)
+        finally:
+            await mv.batcher.close()
+
+    results = asyncio.run(three_requests())
+    assert all(isinstance(r, BatchSizeMismatch) for r in results), results
+
+
+def test_score_checks_the_signature_and_runs_in_chunks(tmp_path: Path) -> None:
+    mv = load(python_model(tmp_path))
+    x = np.arange(30, dtype=np.float32).reshape(10, 3)
+    np.testing.assert_array_equal(mv.score({"x": x}, chunk_rows=3)["y"], mv.forward({"x": x})["y"])
+    with pytest.raises(InvalidInput, match="datatype must be FP32"):
+        mv.score({"x": x.astype(np.float64)}, chunk_rows=3)
+    with pytest.raises(InvalidInput, match=re.escape("shape [10, 2] does not match [-1, 3]")):
+        mv.score({"x": x[:, :2]}, chunk_rows=3)
+
+
 def test_request_checks_name_dtype_shape_and_limits(model_repo: Path) -> None:
     mv = load(model_repo / "fraud")
     ok = np.zeros((2, 30), np.float32)
@@ -233,6 +279,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120)
 
 
+@pytest.mark.e2e
 def test_models_validate_cli(model_repo: Path, tmp_path: Path) -> None:
     ok = run_cli("models", "validate", str(model_repo))
     assert ok.returncode == 0, ok.stderr

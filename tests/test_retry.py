@@ -137,7 +137,7 @@ def test_gives_up_when_the_time_budget_would_be_exceeded() -> None:
     def fn() -> None:
         raise TimeoutError("slow")
 
-    policy = RetryPolicy(attempts=100, backoff_s=1.0, multiplier=2.0, max_backoff_s=4.0, jitter=0.0,
+    policy = RetryPolicy(attempts=None, backoff_s=1.0, multiplier=2.0, max_backoff_s=4.0, jitter=0.0,
                          give_up_after_s=10.0)
     with pytest.raises(RetriesExhausted):
         policy.call(fn, what="x", sleep=sleep, clock=lambda: now[0])
@@ -151,7 +151,8 @@ def test_delays_are_capped_and_jittered_within_bounds() -> None:
     assert policy.delay(10, rng=lambda: 0.5) == pytest.approx(3.0)
 
 
-@pytest.mark.parametrize("kwargs", [{"attempts": 0}, {"backoff_s": -1.0}, {"multiplier": 0.5}, {"jitter": 2.0}])
+@pytest.mark.parametrize("kwargs", [{"attempts": 0}, {"attempts": None}, {"backoff_s": -1.0}, {"multiplier": 0.5},
+                                    {"jitter": 2.0}])
 def test_invalid_policy_is_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]

@@ -1,6 +1,9 @@
 import httpx
+import pytest
 
 from tests.conftest import Server
+
+pytestmark = pytest.mark.e2e
 
 
 def test_server_ready(server: Server) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from inferlane.core.model import ModelVersion
@@ -103,10 +104,11 @@ def test_rejects_go_to_a_file_with_reason_and_key(model_repo: Path, tmp_path: Pa
     rejects = [json.loads(line) for p in sorted((tmp_path / "out" / "_rejects").glob("*.jsonl"))
                for line in p.read_text().splitlines()]
     by_key = {r["key"]: r["reason"] for r in rejects}
-    assert by_key["1003"] == "null in column 'f2'"
-    assert by_key["1005"].startswith("column 'f7': 'not-a-number' is not a float32 number")
-    assert by_key["1009"] == "null in column 'f1'"
-    assert any(r["key"] is None and r["reason"].startswith("malformed JSON line") for r in rejects)
+    # The input contract's reasons, word for word the same as the online and stream lanes give.
+    assert by_key["1003"] == "input 'features' (field f2): null where FP32 numbers belong"
+    assert by_key["1005"] == "input 'features' (field f7): a string where FP32 numbers belong"
+    assert by_key["1009"] == "input 'features': missing field 'f1'"
+    assert any(r["key"] is None and r["reason"].startswith("not JSON: ") and r["row"] == 200 for r in rejects)
     written = pq.read_table(tmp_path / "out").column("id").to_pylist()
     assert 1003 not in written and 1004 in written
 
@@ -116,6 +118,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120)
 
 
+@pytest.mark.e2e
 def test_exit_codes_success_partial_and_bad_usage(model_repo: Path, tmp_path: Path) -> None:
     t = dataset(100)
     bad = t.set_column(2, "f1", pa.array([None] * 10 + [0.5] * 90, pa.float32()))
@@ -141,6 +144,7 @@ def test_exit_codes_success_partial_and_bad_usage(model_repo: Path, tmp_path: Pa
     assert "holds the output of job 'a'" in other_job.stderr
 
 
+@pytest.mark.e2e
 def test_corrupt_input_is_a_clear_error(model_repo: Path, tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "x.parquet").write_bytes(b"PAR1 this is not parquet at all")
@@ -193,6 +197,7 @@ def test_transient_failures_are_retried_with_backoff(tmp_path: Path) -> None:
     assert report["rows_written"] == 1000
 
 
+@pytest.mark.e2e
 def test_a_shard_that_keeps_failing_fails_the_job_naming_the_shard(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     pq.write_table(dataset(1000), tmp_path / "in" / "x.parquet", row_group_size=500)
@@ -221,6 +226,7 @@ def test_sqlite_sink_upserts_and_resumes(model_repo: Path, tmp_path: Path) -> No
     assert cols[:4] == ["id", "label", "probabilities_0", "probabilities_1"]
 
 
+@pytest.mark.e2e
 def test_batch_and_online_give_identical_outputs(model_repo: Path, server: Server, tmp_path: Path) -> None:
     table = dataset(64, seed=9)
     (tmp_path / "in").mkdir()
@@ -255,6 +261,7 @@ def test_deadline_estimate() -> None:
     assert parse_deadline("01:00", start) == start.replace(hour=1) + timedelta(days=1)
 
 
+@pytest.mark.e2e
 def test_schedule_warns_at_the_start_when_the_deadline_is_at_risk(model_repo: Path, tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     pq.write_table(dataset(500), tmp_path / "in" / "x.parquet")

@@ -56,7 +56,7 @@ def reference(model_repo: Path, big_input: Path, tmp_path_factory: pytest.TempPa
 
 
 def flatten(table: pa.Table) -> pa.Table:
-    from inferlane.lanes.batch.sinks import flatten_lists
+    from inferlane.store.tables import flatten_lists
 
     return flatten_lists(table)
 
@@ -135,6 +135,7 @@ def manifest_lines(out: Path) -> int:
     return n
 
 
+@pytest.mark.e2e
 def test_parquet_job_killed_mid_run_resumes_to_the_same_rows(model_repo: Path, big_input: Path,
                                                               reference: pa.Table, tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -193,6 +194,7 @@ def check_table(dsn: str, table: str, reference: pa.Table) -> None:
             assert got[c] == want, c
 
 
+@pytest.mark.e2e
 def test_postgres_job_killed_mid_run_resumes_to_the_same_rows(model_repo: Path, big_input: Path,
                                                                reference: pa.Table, postgres_dsn: str,
                                                                tmp_path: Path) -> None:
@@ -255,20 +257,22 @@ def test_postgres_shard_failing_in_its_transaction_leaves_nothing_and_retries_wh
     """A failure after the upsert rolls back the shard's rows, its manifest row and the first
     shard's CREATE TABLE; the retry creates the table again. Committing a shard twice (a COMMIT
     whose acknowledgement was lost) does not duplicate rows; a closed connection is reopened."""
-    from inferlane.lanes.batch.postgres import PostgresSink
+    from inferlane.store.tables.postgres import PostgresTable
+    from inferlane.store.tables.sql import SqlShardSink
 
-    sink = PostgresSink(postgres_dsn, "scores_rollback", ["id"], "pg-rollback", "fp", tmp_path / "rejects")
+    sink = SqlShardSink(PostgresTable(postgres_dsn, "scores_rollback", ["id"]), "pg-rollback", "fp",
+                        tmp_path / "rejects")
     at = datetime(2026, 11, 23, 4, 5, 6, tzinfo=UTC)
     table = pa.table({"id": pa.array([1, 2, 3], pa.int64()), "p": pa.array([0.5, 0.25, 1.0], pa.float32()),
                       "score": [0.1, 0.2, 0.3], "ok": [True, False, True], "name": ["a", "b", "c"],
                       "at": pa.array([at] * 3, pa.timestamp("us", tz="UTC"))})
-    real = sink._bulk_upsert
+    real = sink.db._bulk_upsert
 
     def upsert_then_fail(columns: list[str], rows: list[tuple[Any, ...]]) -> None:
         real(columns, rows)
         raise psycopg.OperationalError("injected: connection lost before COMMIT")
 
-    monkeypatch.setattr(sink, "_bulk_upsert", upsert_then_fail)
+    monkeypatch.setattr(sink.db, "_bulk_upsert", upsert_then_fail)
     with pytest.raises(psycopg.OperationalError, match="injected"):
         sink.commit("s0", table, [])
     monkeypatch.undo()
@@ -279,7 +283,7 @@ def test_postgres_shard_failing_in_its_transaction_leaves_nothing_and_retries_wh
 
         sink.commit("s0", table, [])
         sink.commit("s0", table, [])
-        sink._conn.close()
+        sink.db._conn.close()  # type: ignore[attr-defined]
         sink.commit("s1", pa.table({"id": pa.array([4], pa.int64()), "p": pa.array([2.0], pa.float32()),
                                     "score": [0.4], "ok": [False], "name": ["d"],
                                     "at": pa.array([at], pa.timestamp("us", tz="UTC"))}), [])

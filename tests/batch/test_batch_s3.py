@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import io
-import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,43 +17,9 @@ from inferlane.core.repository import scan_model
 from inferlane.core.uri import filesystem_for
 from inferlane.demo.models import synthetic_transactions
 from inferlane.lanes.batch import BatchJob, run_batch
+from tests.batch.conftest import BUCKET, S3
 
-boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
-
-BUCKET = "scores-in"
 N_PARQUET, N_CSV = 6000, 1500
-
-
-@dataclass
-class S3:
-    endpoint: str
-    client: Any
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3]:
-    """moto's S3 server on a free loopback port, dummy credentials in the environment meanwhile."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
-            mp.setenv(name, value)
-        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-            mp.delenv(name, raising=False)
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        access_log = logging.getLogger("werkzeug")  # one INFO line per request otherwise
-        level = access_log.level
-        access_log.setLevel(logging.WARNING)
-        try:
-            host, port = server.get_host_and_port()
-            endpoint = f"http://{host}:{port}"
-            client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-            client.create_bucket(Bucket=BUCKET)
-            yield S3(endpoint, client)
-        finally:
-            access_log.setLevel(level)
-            server.stop()
 
 
 def features(n: int, first_id: int, seed: int) -> pa.Table:

@@ -13,14 +13,13 @@ import pytest
 import redis
 
 from inferlane.store.jobs import JobStore, open_job_store
-from tests.services import INSTALL_REDIS_SERVER as INSTALL_REDIS_SERVER  # re-exported: it used to live here
-from tests.services import redis_server, serve_or_fail
+from inferlane.testing import redis_server, serve_or_fail
 
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``redis://127.0.0.1:PORT/0`` of a throwaway redis-server shared by the session. Fails, never
-    skips, with the install command (INSTALL_REDIS_SERVER) when redis-server is not installed."""
+    skips, with the install command (inferlane.testing.INSTALL_REDIS_SERVER) when redis-server is not installed."""
     yield from serve_or_fail(redis_server(tmp_path_factory.mktemp("redis")))
 
 

@@ -16,7 +16,15 @@ import pytest
 
 import inferlane.store.jobs
 from inferlane.core.errors import ConfigError
-from inferlane.store.jobs import JobRecord, JobStatus, JobStore, RedisJobStore, SqliteJobStore, open_job_store
+from inferlane.store.jobs import (
+    JobRecord,
+    JobStatus,
+    JobStore,
+    ModelBacklog,
+    RedisJobStore,
+    SqliteJobStore,
+    open_job_store,
+)
 from inferlane.store.jobs.base import lost_lease_error
 
 T0 = 1_700_000_000.0
@@ -289,6 +297,7 @@ def test_stats(store: JobStore) -> None:
     assert store.claim("w", 30.0, T0 + 5) is not None  # the T0 job
     stats = store.stats(T0 + 10)
     assert (stats.backlog, stats.running, stats.oldest_queued_age_s) == (3, 1, 8.0)
+    assert stats.by_model == {"m": ModelBacklog(2, 1, 6.0), "other": ModelBacklog(1, 0, 8.0)}
     assert store.claim("w", 30.0, T0 + 10) is not None  # T0 + 2
     claimed = store.claim("w", 30.0, T0 + 10)
     assert claimed is not None and claimed.id == done.id
@@ -297,6 +306,8 @@ def test_stats(store: JobStore) -> None:
     assert (stats.backlog, stats.running, stats.oldest_queued_age_s) == (1, 2, 0.0)  # only a future job waits
     assert stats.by_status[JobStatus.SUCCEEDED] == 1
     assert sum(stats.by_status.values()) == 4
+    assert stats.by_model == {"m": ModelBacklog(1, 1, 0.0), "other": ModelBacklog(0, 1, 0.0)}
+    assert empty.by_model == {}
 
 
 # --- concurrency and durability ------------------------------------------------------------------

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.services import kafka_broker, redis_server, serve_or_fail
+from inferlane.testing import kafka_broker, redis_server, serve_or_fail
 
 
 @pytest.fixture(scope="session")

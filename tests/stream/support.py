@@ -5,7 +5,7 @@ real subprocess (``python -m inferlane.cli.main stream run ...``).
     produce_kafka(bootstrap, topic, events)            # keyed by id
     proc = start_lane(model_dir, source, group, sink, "--idle-exit", "3")
     code, out, err = finish(proc)
-    records = drain_kafka(bootstrap, sink_topic, expect=200)
+    outputs = output_records([f[b"data"] for f in read_redis_stream(redis_url, sink_stream)])
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,46 +52,6 @@ def produce_kafka(bootstrap: str, topic: str, events: Iterable[Record | bytes]) 
     left = producer.flush(30)
     assert left == 0, f"{left} events not delivered to {topic}"
     return n
-
-
-def drain_kafka(bootstrap: str, topic: str, expect: int | None = None, idle_s: float = 3.0,
-                timeout_s: float = 60.0) -> list[tuple[bytes | None, bytes]]:
-    """Every (key, value) in ``topic`` from the start: reads until ``expect`` records arrived and then
-    ``idle_s`` passed with nothing new (to catch extras), or ``idle_s`` of silence when expect is None."""
-    from confluent_kafka import Consumer
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex[:8]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "session.timeout.ms": 6000, "fetch.wait.max.ms": 50})
-    consumer.subscribe([topic])
-    out: list[tuple[bytes | None, bytes]] = []
-    deadline = time.monotonic() + timeout_s
-    last = time.monotonic()
-    try:
-        while time.monotonic() < deadline:
-            batch = consumer.consume(1000, 0.2)
-            got = [(m.key(), m.value()) for m in batch if m.error() is None]
-            if got:
-                out += got
-                last = time.monotonic()
-            elif (expect is None or len(out) >= expect) and time.monotonic() - last > idle_s:
-                break
-    finally:
-        consumer.close()
-    return out
-
-
-def kafka_committed(bootstrap: str, topic: str, group: str) -> int:
-    """Sum over partitions of the group's committed offset in ``topic`` (0 where none)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        parts = [TopicPartition(topic, p) for p in meta.partitions]
-        return sum(max(tp.offset, 0) for tp in consumer.committed(parts, timeout=10))
-    finally:
-        consumer.close()
 
 
 def xadd_events(redis_url: str, stream: str, events: Iterable[Record | bytes], field: str = "data") -> int:
@@ -148,12 +106,6 @@ def finish(proc: subprocess.Popen[str], timeout: float = 120.0) -> tuple[int, st
     return proc.returncode, out, err
 
 
-def run_lane(model: Path | str, source: str, group: str, sink: str, *args: str,
-             timeout: float = 120.0) -> tuple[int, str, str]:
-    """Run the lane to completion (pass ``--idle-exit``); returns (exit code, stdout, stderr)."""
-    return finish(start_lane(model, source, group, sink, *args), timeout)
-
-
 def output_records(values: Sequence[bytes]) -> list[Record]:
     return [orjson.loads(v) for v in values]
 
@@ -163,9 +115,3 @@ def stream_url(redis_url: str, name: str) -> str:
     the fixture's URL ends in the database number)."""
     return f"{redis_url.rsplit('/', 1)[0]}/{name}"
 
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.05)

@@ -14,8 +14,10 @@ import orjson
 import pytest
 import redis
 
-from tests.services import create_topics, free_port
+from inferlane.testing import create_topics, free_port
 from tests.stream.support import finish, fraud_events, start_lane, stream_url, xadd_events
+
+pytestmark = pytest.mark.e2e  # every test here starts the CLI or a server as a subprocess
 
 BASE = [sys.executable, "-m", "inferlane.cli.main", "stream", "run"]
 
@@ -258,7 +260,7 @@ def test_redis_run_scores_reports_and_dead_letters_to_the_default_file(tmp_path:
 
         dead_path = tmp_path / ".inferlane" / "stream" / group / "dead-letters.jsonl"
         [dead] = [orjson.loads(x) for x in dead_path.read_bytes().splitlines()]
-        assert dead["error"] == "input 'features' (field features): shape [2] is not [30]"
+        assert dead["error"] == "input 'features': shape [2] does not match [30]"
         assert dead["stage"] == "decode"
         assert (dead["source"], dead["offset"], dead["key"]) == (src, poison_id, None)
         assert dead["payload"] == poison.decode()

@@ -1,5 +1,5 @@
-"""EventDecoder (JSON events → model inputs, one verdict per event) and the record / dead-letter
-formats of the stream lane, on the demo fraud model (input ``features``: FP32 ``[-1, 30]``)."""
+"""RecordDecoder (JSON events → model inputs, one verdict per event; core/inputs/records.py) and the
+record / dead-letter formats of the stream lane, on the demo fraud model (input ``features``: FP32 ``[-1, 30]``)."""
 
 from __future__ import annotations
 
@@ -13,22 +13,24 @@ import numpy as np
 import orjson
 import pytest
 
-from inferlane.cli.batch import _columns
+from inferlane.cli.batch_args import parse_columns
 from inferlane.core.errors import ConfigError
+from inferlane.core.inputs import RecordDecoder
+from inferlane.core.model import ModelVersion
 from inferlane.core.spec import ModelConfig
-from inferlane.lanes.batch.job import open_model
-from inferlane.lanes.stream.decode import MAX_EVENT_BYTES, EventDecoder
 from inferlane.lanes.stream.sinks import DeadLetter, DeadLetters, JsonlWriter, RecordSink, Scored, output_key
 from inferlane.lanes.stream.sources import Event
 from tests.stream.support import fraud_events
 
 WIDTH = 30
+MAX_EVENT_BYTES = 1 << 20  # the demo fraud model's limits.max_request_bytes (checked by the fixture)
 FIELDS = [f"f{i}" for i in range(WIDTH)]
 
 
 @pytest.fixture(scope="module")
 def config(model_repo: Path) -> Iterator[ModelConfig]:
-    model = open_model(str(model_repo / "fraud"), None)
+    model = ModelVersion.open(model_repo / "fraud")
+    assert model.config.limits.max_request_bytes == MAX_EVENT_BYTES
     try:
         yield model.config
     finally:
@@ -36,8 +38,8 @@ def config(model_repo: Path) -> Iterator[ModelConfig]:
 
 
 @pytest.fixture(scope="module")
-def decoder(config: ModelConfig) -> EventDecoder:
-    return EventDecoder.create(config, key="id")
+def decoder(config: ModelConfig) -> RecordDecoder:
+    return RecordDecoder.create(config, key="id")
 
 
 def dumps(event: dict[str, Any]) -> bytes:
@@ -59,14 +61,14 @@ def raw_event(key: str, vector_text: bytes) -> bytes:
 
 # -- valid events ------------------------------------------------------------------------------
 
-def test_valid_events_decode_to_rows_keys_and_index(decoder: EventDecoder) -> None:
+def test_valid_events_decode_to_rows_keys_and_index(decoder: RecordDecoder) -> None:
     events = fraud_events(6)
     events[1]["id"] = 17  # integer keys are kept as integers
     events[2]["comment"] = {"ignored": [1, 2]}  # fields that feed no input are ignored
     decoded = decoder.decode([dumps(e) for e in events])
     assert decoded.rejects == []
     assert decoded.index == [0, 1, 2, 3, 4, 5]
-    assert decoded.keys == ["e0", 17, "e2", "e3", "e4", "e5"]
+    assert decoded.keys["id"] == ["e0", 17, "e2", "e3", "e4", "e5"]
     assert list(decoded.inputs) == ["features"]
     arr = decoded.inputs["features"]
     assert arr.dtype == np.float32
@@ -74,18 +76,23 @@ def test_valid_events_decode_to_rows_keys_and_index(decoder: EventDecoder) -> No
     np.testing.assert_array_equal(arr, features(events))
 
 
-def test_integer_vectors_and_integer_keys_at_the_64_bit_edges(decoder: EventDecoder) -> None:
+def test_integer_vectors_and_integer_keys_at_the_64_bit_edges(decoder: RecordDecoder) -> None:
     events = [{"id": 2**64 - 1, "features": list(range(WIDTH))}, {"id": -(2**63), "features": [0] * WIDTH}]
     decoded = decoder.decode([dumps(e) for e in events])
     assert decoded.rejects == []
-    assert decoded.keys == [2**64 - 1, -(2**63)]
+    assert decoded.keys["id"] == [2**64 - 1, -(2**63)]
     np.testing.assert_array_equal(decoded.inputs["features"][0], np.arange(WIDTH, dtype=np.float32))
 
 
-def test_booleans_count_as_0_and_1_among_numbers(decoder: EventDecoder) -> None:
-    decoded = decoder.decode([dumps({"id": "b", "features": [True, False] * (WIDTH // 2)}), dumps(fraud_events(1)[0])])
-    assert decoded.rejects == []
-    np.testing.assert_array_equal(decoded.inputs["features"][0], np.asarray([1, 0] * (WIDTH // 2), np.float32))
+def test_booleans_are_refused_for_numbers_alone_or_among_numbers(decoder: RecordDecoder) -> None:
+    # NumPy would fold true/false among numbers into 1 and 0; the input contract refuses them
+    # whatever their neighbours, as every other lane does.
+    decoded = decoder.decode([dumps({"id": "b", "features": [True, False] * (WIDTH // 2)}),
+                              dumps({"id": "c", "features": [True] + [0.5] * (WIDTH - 1)}),
+                              dumps(fraud_events(1)[0])])
+    assert decoded.index == [2]
+    assert decoded.rejects == [(0, "input 'features': true/false where FP32 numbers belong"),
+                               (1, "input 'features': true/false where FP32 numbers belong")]
 
 
 def test_an_integer_input_refuses_fractions_and_a_bool_input_refuses_numbers() -> None:
@@ -94,7 +101,7 @@ def test_an_integer_input_refuses_fractions_and_a_bool_input_refuses_numbers() -
         "inputs": [{"name": "count", "datatype": "INT64", "shape": [-1, 2]},
                    {"name": "flag", "datatype": "BOOL", "shape": [-1]}],
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}]})
-    decoder = EventDecoder.create(cfg, key="id")
+    decoder = RecordDecoder.create(cfg, key="id")
     decoded = decoder.decode([dumps({"id": 1, "count": [3, 4], "flag": True}),
                               dumps({"id": 2, "count": [3.5, 4], "flag": False}),
                               dumps({"id": 3, "count": [1, 2], "flag": 1})])
@@ -102,27 +109,28 @@ def test_an_integer_input_refuses_fractions_and_a_bool_input_refuses_numbers() -
     np.testing.assert_array_equal(decoded.inputs["count"], np.asarray([[3, 4]], np.int64))
     np.testing.assert_array_equal(decoded.inputs["flag"], np.asarray([True]))
     reasons = dict(decoded.rejects)
-    assert reasons[1] == "input 'count' (field count): fractional numbers where int64 values belong"
-    assert reasons[2] == "input 'flag' (field flag): numbers where bool values belong"
+    assert reasons[1] == "input 'count': a float where INT64 integers belong"
+    assert reasons[2] == "input 'flag': a number where BOOL values (true/false) belong"
 
 
-def test_an_empty_batch_decodes_to_zero_rows(decoder: EventDecoder) -> None:
+def test_an_empty_batch_decodes_to_zero_rows(decoder: RecordDecoder) -> None:
     decoded = decoder.decode([])
-    assert (decoded.index, decoded.keys, decoded.rejects) == ([], [], [])
+    assert (decoded.index, decoded.keys, decoded.rejects) == ([], {"id": []}, [])
     assert decoded.inputs["features"].shape == (0, WIDTH)
     assert decoded.inputs["features"].dtype == np.float32
 
 
-def test_an_event_of_exactly_max_event_bytes_is_accepted(decoder: EventDecoder) -> None:
+def test_an_event_of_exactly_max_event_bytes_is_accepted(decoder: RecordDecoder) -> None:
     head = dumps({"id": "big", "features": [0.25] * WIDTH, "pad": ""})
     pad = MAX_EVENT_BYTES - len(head)
     raw = dumps({"id": "big", "features": [0.25] * WIDTH, "pad": "x" * pad})
     assert len(raw) == MAX_EVENT_BYTES
     decoded = decoder.decode([raw, raw + b" "])
     assert decoded.index == [0]
-    assert decoded.keys == ["big"]
+    assert decoded.keys["id"] == ["big"]
     np.testing.assert_array_equal(decoded.inputs["features"], np.full((1, WIDTH), 0.25, dtype=np.float32))
-    assert decoded.rejects == [(1, f"event of {MAX_EVENT_BYTES + 1} bytes is over the {MAX_EVENT_BYTES}-byte limit")]
+    assert decoded.rejects == [(1, f"event of {MAX_EVENT_BYTES + 1} bytes is over the {MAX_EVENT_BYTES}-byte limit "
+                                   "(limits.max_request_bytes)")]
 
 
 # -- --columns: an input from scalar fields ----------------------------------------------------
@@ -132,20 +140,20 @@ def scalar_events(n: int) -> list[dict[str, Any]]:
 
 
 def test_columns_build_each_row_from_scalar_fields_in_the_listed_order(config: ModelConfig) -> None:
-    mapping = _columns(["features=" + ",".join(reversed(FIELDS))])
+    mapping = parse_columns(["features=" + ",".join(reversed(FIELDS))])
     assert mapping == {"features": list(reversed(FIELDS))}
-    decoder = EventDecoder.create(config, key="id", columns=mapping)
+    decoder = RecordDecoder.create(config, key="id", columns=mapping)
     events = scalar_events(3)
     decoded = decoder.decode([dumps(e) for e in events])
     assert decoded.rejects == []
-    assert decoded.keys == ["s0", "s1", "s2"]
+    assert decoded.keys["id"] == ["s0", "s1", "s2"]
     expected = np.asarray([[e[f] for f in reversed(FIELDS)] for e in events], dtype=np.float32)
     np.testing.assert_array_equal(decoded.inputs["features"], expected)
     assert decoded.inputs["features"][1, 0] == 129.0  # row 1, first listed field f29
 
 
 def test_columns_reject_only_the_events_with_bad_fields(config: ModelConfig) -> None:
-    decoder = EventDecoder.create(config, key="id", columns=_columns(["features=" + ",".join(FIELDS)]))
+    decoder = RecordDecoder.create(config, key="id", columns=parse_columns(["features=" + ",".join(FIELDS)]))
     events = scalar_events(6)
     del events[1]["f7"]
     events[3]["f0"] = [1.0, 2.0]
@@ -153,21 +161,20 @@ def test_columns_reject_only_the_events_with_bad_fields(config: ModelConfig) -> 
     events[5]["f2"] = "twelve"
     decoded = decoder.decode([dumps(e) for e in events])
     assert decoded.index == [0, 2]
-    assert decoded.keys == ["s0", "s2"]
+    assert decoded.keys["id"] == ["s0", "s2"]
     np.testing.assert_array_equal(decoded.inputs["features"],
                                   np.asarray([[e[f] for f in FIELDS] for e in (events[0], events[2])], np.float32))
     reasons = dict(decoded.rejects)
     assert sorted(reasons) == [1, 3, 4, 5]
     assert reasons[1] == "input 'features': missing field 'f7'"
-    field_list = ",".join(FIELDS)
-    for i in (3, 4, 5):
-        assert reasons[i].startswith(f"input 'features' (field {field_list}): "), reasons[i]
-    assert "null (or NaN) where a number belongs" in reasons[4]
-    assert reasons[5].endswith("strings where float32 values belong")
+    # each reason names the one field at fault
+    assert reasons[3] == "input 'features' (field f0): a list where FP32 numbers belong"
+    assert reasons[4] == "input 'features' (field f29): null where FP32 numbers belong"
+    assert reasons[5] == "input 'features' (field f2): a string where FP32 numbers belong"
 
 
 def test_a_plain_event_misses_its_mapped_fields(config: ModelConfig) -> None:
-    decoder = EventDecoder.create(config, key="id", columns={"features": FIELDS})
+    decoder = RecordDecoder.create(config, key="id", columns={"features": FIELDS})
     decoded = decoder.decode([dumps(fraud_events(1)[0])])
     assert decoded.index == []
     assert decoded.rejects == [(0, "input 'features': missing field 'f0'")]
@@ -186,22 +193,22 @@ def test_a_plain_event_misses_its_mapped_fields(config: ModelConfig) -> None:
 def test_create_rejects_bad_configuration(config: ModelConfig, key: str, columns: dict[str, list[str]] | None,
                                           message: str) -> None:
     with pytest.raises(ConfigError) as e:
-        EventDecoder.create(config, key=key, columns=columns)
+        RecordDecoder.create(config, key=key, columns=columns)
     assert e.value.message == message
 
 
 def test_cli_columns_strings_become_the_mapping() -> None:
-    assert _columns(["features=a,b,,c", "other=x"]) == {"features": ["a", "b", "c"], "other": ["x"]}
-    assert _columns(["features="]) == {"features": []}  # then EventDecoder.create refuses it
+    assert parse_columns(["features=a,b,,c", "other=x"]) == {"features": ["a", "b", "c"], "other": ["x"]}
+    assert parse_columns(["features="]) == {"features": []}  # then RecordDecoder.create refuses it
     with pytest.raises(ConfigError) as e:
-        _columns(["features"])
+        parse_columns(["features"])
     assert e.value.message.startswith("--columns features: write INPUT=col1,col2,...")
 
 
 # -- malformed, oversized and hostile events ---------------------------------------------------
 
 GOOD = fraud_events(2, prefix="good")
-SHAPE = "input 'features' (field features): "
+SHAPE = "input 'features': "
 NO_KEY = "key field 'id' is missing or not a string/integer"
 FEATURES = [0.5] * WIDTH
 
@@ -234,30 +241,30 @@ HOSTILE: dict[str, tuple[bytes | None, str | tuple[str, str]]] = {
     "key-false": (_bad({"id": False, "features": FEATURES}), NO_KEY),
     "key-past-64-bits": (b'{"id": 1180591620717411303424, "features": ' + vector("0.5") + b"}", NO_KEY),
     "missing-input": (_bad({"id": "t", "feature": FEATURES}), "input 'features': missing field 'features'"),
-    "short-vector": (_bad({"id": "t", "features": [0.5] * 29}), SHAPE + "shape [29] is not [30]"),
-    "long-vector": (_bad({"id": "t", "features": [0.5] * 31}), SHAPE + "shape [31] is not [30]"),
-    "empty-vector": (_bad({"id": "t", "features": []}), SHAPE + "shape [0] is not [30]"),
-    "nested-vector": (_bad({"id": "t", "features": [FEATURES]}), SHAPE + "shape [1, 30] is not [30]"),
+    "short-vector": (_bad({"id": "t", "features": [0.5] * 29}), SHAPE + "shape [29] does not match [30]"),
+    "long-vector": (_bad({"id": "t", "features": [0.5] * 31}), SHAPE + "shape [31] does not match [30]"),
+    "empty-vector": (_bad({"id": "t", "features": []}), SHAPE + "shape [0] does not match [30]"),
+    "nested-vector": (_bad({"id": "t", "features": [FEATURES]}), SHAPE + "shape [1, 30] does not match [30]"),
     "ragged-vector": (_bad({"id": "t", "features": [[0.5]] + [0.5] * 29}), (SHAPE, "")),
-    "scalar-input": (_bad({"id": "t", "features": 0.5}), SHAPE + "shape [] is not [30]"),
-    "null-input": (_bad({"id": "t", "features": None}), SHAPE + "null (or NaN) where a number belongs"),
+    "scalar-input": (_bad({"id": "t", "features": 0.5}), SHAPE + "shape [] does not match [30]"),
+    "null-input": (_bad({"id": "t", "features": None}), SHAPE + "null where FP32 numbers belong"),
     "object-input": (_bad({"id": "t", "features": {"a": 1}}), (SHAPE, "")),
-    "string-input": (_bad({"id": "t", "features": "0.5,0.5"}), SHAPE + "strings where float32 values belong"),
-    "strings-in-vector": (_bad({"id": "t", "features": ["a"] * WIDTH}), SHAPE + "strings where float32 values belong"),
+    "string-input": (_bad({"id": "t", "features": "0.5,0.5"}), SHAPE + "a string where FP32 numbers belong"),
+    "strings-in-vector": (_bad({"id": "t", "features": ["a"] * WIDTH}), SHAPE + "a string where FP32 numbers belong"),
     "numeric-strings-in-vector": (_bad({"id": "t", "features": ["0.5"] * WIDTH}),
-                                  SHAPE + "strings where float32 values belong"),
+                                  SHAPE + "a string where FP32 numbers belong"),
     "one-numeric-string": (_bad({"id": "t", "features": ["0.5"] + [0.5] * 29}),
-                           SHAPE + "strings where float32 values belong"),
+                           SHAPE + "a string where FP32 numbers belong"),
     "null-in-vector": (_bad({"id": "t", "features": [None] + [0.5] * 29}),
-                       SHAPE + "null (or NaN) where a number belongs"),
+                       SHAPE + "null where FP32 numbers belong"),
     "nan-token": (raw_event("t", vector("NaN")), ("not JSON: ", "")),
     "infinity-token": (raw_event("t", vector("Infinity")), ("not JSON: ", "")),
     "minus-infinity-token": (raw_event("t", vector("-Infinity")), ("not JSON: ", "")),
     "1e400": (raw_event("t", vector("1e400")), ("not JSON: ", "infinity")),
     "-1e400": (raw_event("t", vector("-1e400")), ("not JSON: ", "infinity")),
-    "1e39-past-fp32": (raw_event("t", vector("1e39")), SHAPE + "a number out of range for float32"),
+    "1e39-past-fp32": (raw_event("t", vector("1e39")), SHAPE + "a number out of range for FP32"),
     "over-max-bytes": (_bad({"id": "t", "features": FEATURES, "pad": "x" * MAX_EVENT_BYTES}),
-                       ("event of ", f"bytes is over the {MAX_EVENT_BYTES}-byte limit")),
+                       ("event of ", f"bytes is over the {MAX_EVENT_BYTES}-byte limit (limits.max_request_bytes)")),
     "100k-open-brackets": (b"[" * 100_000, ("not JSON: ", "depth")),
     "deep-input": (b'{"id": "t", "features": ' + b"[" * 100_000 + b"}", ("not JSON: ", "depth")),
     "nested-500-levels-input": (b'{"id": "t", "features": ' + b"[" * 500 + b"1" + b"]" * 500 + b"}", (SHAPE, "")),
@@ -265,11 +272,11 @@ HOSTILE: dict[str, tuple[bytes | None, str | tuple[str, str]]] = {
 
 
 @pytest.mark.parametrize("case", list(HOSTILE))
-def test_a_bad_event_is_rejected_alone_with_its_reason(decoder: EventDecoder, case: str) -> None:
+def test_a_bad_event_is_rejected_alone_with_its_reason(decoder: RecordDecoder, case: str) -> None:
     raw, expected = HOSTILE[case]
     decoded = decoder.decode([dumps(GOOD[0]), raw, dumps(GOOD[1])])
     assert decoded.index == [0, 2]
-    assert decoded.keys == ["good0", "good1"]
+    assert decoded.keys["id"] == ["good0", "good1"]
     np.testing.assert_array_equal(decoded.inputs["features"], features(GOOD))
     assert [i for i, _ in decoded.rejects] == [1]
     reason = decoded.rejects[0][1]
@@ -282,17 +289,17 @@ def test_a_bad_event_is_rejected_alone_with_its_reason(decoder: EventDecoder, ca
         assert len(reason) < 400
 
 
-def test_a_batch_of_every_bad_event_yields_no_rows(decoder: EventDecoder) -> None:
+def test_a_batch_of_every_bad_event_yields_no_rows(decoder: RecordDecoder) -> None:
     raws = [raw for raw, _ in HOSTILE.values()]
     decoded = decoder.decode(raws)
     assert decoded.index == []
-    assert decoded.keys == []
+    assert decoded.keys["id"] == []
     assert decoded.inputs["features"].shape == (0, WIDTH)
     assert [i for i, _ in decoded.rejects] == list(range(len(raws)))
     assert all(reason for _, reason in decoded.rejects)
 
 
-def test_a_mixed_batch_keeps_every_good_event_in_order(decoder: EventDecoder) -> None:
+def test_a_mixed_batch_keeps_every_good_event_in_order(decoder: RecordDecoder) -> None:
     good = fraud_events(40)
     bad = [raw for raw, _ in HOSTILE.values()]
     batch: list[bytes | None] = []
@@ -304,7 +311,7 @@ def test_a_mixed_batch_keeps_every_good_event_in_order(decoder: EventDecoder) ->
     batch.extend(bad[40 % len(bad):])
     decoded = decoder.decode(batch)
     assert decoded.index == good_at
-    assert decoded.keys == [e["id"] for e in good]
+    assert decoded.keys["id"] == [e["id"] for e in good]
     np.testing.assert_array_equal(decoded.inputs["features"], features(good))
     rejected = [i for i, _ in decoded.rejects]
     assert rejected == sorted(set(range(len(batch))) - set(good_at))
@@ -316,13 +323,13 @@ def test_a_mixed_batch_keeps_every_good_event_in_order(decoder: EventDecoder) ->
             assert reason == alone[raw]
 
 
-def test_rejects_in_a_batch_are_sorted_by_position(decoder: EventDecoder) -> None:
+def test_rejects_in_a_batch_are_sorted_by_position(decoder: RecordDecoder) -> None:
     # a decode-time reject (not JSON) after a shape reject: the list still comes back in batch order
     batch: list[bytes | None] = [dumps({"id": "a", "features": [1.0]}), b"{", dumps(GOOD[0]), b"[]"]
     decoded = decoder.decode(batch)
     assert decoded.index == [2]
     assert [i for i, _ in decoded.rejects] == [0, 1, 3]
-    assert decoded.rejects[0][1] == SHAPE + "shape [1] is not [30]"
+    assert decoded.rejects[0][1] == SHAPE + "shape [1] does not match [30]"
 
 
 # -- output records and dead letters -----------------------------------------------------------
@@ -366,7 +373,7 @@ DEAD_LETTER_FIELDS = {"error", "stage", "source", "offset", "event_time_ms", "mo
 
 
 def test_dead_letters_carry_error_stage_source_offset_key_and_payload(tmp_path: Path,
-                                                                      decoder: EventDecoder) -> None:
+                                                                      decoder: RecordDecoder) -> None:
     raws: list[bytes | None] = [
         dumps({"id": "bad", "features": [1, 2]}),
         b'{"id": "\xff"}',
@@ -400,7 +407,7 @@ def test_dead_letters_carry_error_stage_source_offset_key_and_payload(tmp_path: 
 
     first, second, third, fourth = recs
     assert set(first) == DEAD_LETTER_FIELDS | {"payload"}
-    assert first["error"] == SHAPE + "shape [2] is not [30]"
+    assert first["error"] == SHAPE + "shape [2] does not match [30]"
     assert (first["stage"], first["source"], first["offset"]) == ("decode", "transactions/3", 1042)
     assert (first["key"], first["event_time_ms"]) == ("bad", 1_764_000_000_123)
     assert first["payload"] == '{"id":"bad","features":[1,2]}'

@@ -15,7 +15,7 @@ import subprocess
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,11 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from inferlane.testing import create_topics, exited, free_port, redis_server, wait_until
 from tests.conftest import Server
-from tests.services import create_topics, free_port
 from tests.stream.support import Record, fraud_events, lane_command, produce_kafka
+
+pytestmark = pytest.mark.e2e  # every test here starts the CLI or a server as a subprocess
 
 PREDICTION_FIELDS = ("id", "model_name", "model_version", "label", "probabilities", "event_time_ms")
 
@@ -150,16 +152,6 @@ class Lane:
             self.proc.communicate()
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout_s: float = 60.0, every_s: float = 0.05,
-               lanes: tuple[Lane, ...] = ()) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        for lane in lanes:
-            assert lane.proc.poll() is None, f"the lane exited ({lane.proc.returncode}):\n{lane.tail()}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every_s)
-
-
 def by_key(messages: list[Message]) -> dict[bytes, list[Record]]:
     out: dict[bytes, list[Record]] = defaultdict(list)
     for m in messages:
@@ -268,11 +260,12 @@ def test_poison_events_go_to_the_dead_letter_topic(kafka_bootstrap: str, topic_p
     features = good[0]["features"]
     poison: dict[bytes, tuple[str, str]] = {  # payload → (a piece of the error, what it is)
         b"not json {": ("not JSON", "not JSON"),
-        orjson.dumps({"id": "short", "features": features[:29]}): ("shape [29] is not [30]", "29 features"),
+        orjson.dumps({"id": "short", "features": features[:29]}): ("shape [29] does not match [30]", "29 features"),
         orjson.dumps({"features": features}): ("key field 'id' is missing", "no id"),
         orjson.dumps([1, 2, 3]): ("not an object", "an array"),
         orjson.dumps({"id": "null", "features": None}): ("input 'features'", "null features"),
-        orjson.dumps({"id": "hole", "features": [None, *features[1:]]}): ("null (or NaN)", "a null feature"),
+        orjson.dumps({"id": "hole", "features": [None, *features[1:]]}): ("null where FP32 numbers belong",
+                                                                          "a null feature"),
         orjson.dumps({"id": "nofeatures", "amount": 3}): ("missing field 'features'", "no features"),
         b"\xff\xfe binary": ("not JSON", "not UTF-8"),
     }
@@ -328,7 +321,7 @@ def test_sigkill_mid_stream_loses_nothing_and_rescoring_agrees(kafka_bootstrap: 
     try:
         lane = topics.lane(tmp_path / "first.log", model_repo / "fraud", "--max-batch", "64", source_conf=conf)
         try:
-            wait_until(lambda: committed.total() > 0, "a first commit", lanes=(lane,))
+            wait_until(lambda: committed.total() > 0, "a first commit", abort_if=[exited(lane.proc, lane.tail)])
         finally:
             lane.kill()
         assert lane.proc.returncode == -signal.SIGKILL
@@ -369,7 +362,7 @@ def test_sigterm_finishes_in_flight_batches_and_commits_what_it_wrote(
     try:
         lane = topics.lane(tmp_path / "first.log", model_repo / "fraud", "--max-batch", "64", "--json")
         try:
-            wait_until(lambda: committed.total() > 0, "a first commit", lanes=(lane,))
+            wait_until(lambda: committed.total() > 0, "a first commit", abort_if=[exited(lane.proc, lane.tail)])
             lane.signal(signal.SIGTERM)
             code, report = lane.finish()
         finally:
@@ -397,17 +390,53 @@ def test_sigterm_finishes_in_flight_batches_and_commits_what_it_wrote(
     assert all(len(recs) == 1 for recs in outputs.values())  # a clean stop re-delivers nothing
 
 
-def test_sigterm_while_the_sink_refuses_writes_commits_nothing_and_waits_once(
+def test_a_sink_that_refuses_a_record_for_good_stops_the_lane_at_once_committing_nothing(
         kafka_bootstrap: str, topic_prefix: str, model_repo: Path, tmp_path: Path) -> None:
     topics = Topics(kafka_bootstrap, topic_prefix)
-    # Outputs of events with 1200-character ids are over the sink producer's message.max.bytes:
-    # every write to the sink fails, and the lane retries it until it is stopped.
+    # Outputs of events with 1200-character ids are over the sink producer's message.max.bytes: a
+    # permanent error (core/retry.py), so the lane stops with it instead of retrying.
     produce_kafka(kafka_bootstrap, topics.source, fraud_events(100, prefix="x" * 1200))
     lane = Lane(tmp_path / "lane.log", model_repo / "fraud", topics.url(topics.source), topics.group,
-                topics.url(topics.sink, {"message.max.bytes": 1000}), "--dlq", topics.url(topics.dlq),
-                "--shutdown-timeout", "3", "--json")
+                topics.url(topics.sink, {"message.max.bytes": 1000}), "--dlq", topics.url(topics.dlq), "--json")
     try:
-        wait_until(lambda: "; retrying in " in lane.log(), "a failed write", lanes=(lane,))
+        code, report = lane.finish()
+    finally:
+        lane.kill()
+    assert code == 1, lane.tail()
+    assert report is None
+    assert "stream stopped: SinkError: Kafka" in lane.log(), lane.tail()
+    assert "retry 1" not in lane.log()
+    assert read_topic(kafka_bootstrap, topics.sink) == []
+    # the unwritten batch stays uncommitted, to be delivered again
+    assert committed_offsets(kafka_bootstrap, topics.source, topics.group) == dict.fromkeys(range(4), 0)
+
+
+def lane_with_a_redis_sink_that_goes_away(topics: Topics, model_repo: Path, tmp_path: Path, started: str,
+                                           *args: str) -> Lane:
+    """A lane from the source topic to a Redis stream on a redis-server that is stopped once the lane
+    logged ``started``: every write after that fails with a refused connection (transient)."""
+    with redis_server(tmp_path) as sink_url:
+        lane = Lane(tmp_path / "lane.log", model_repo / "fraud", topics.url(topics.source), topics.group,
+                    f"{sink_url}/{topics.prefix}:scores", "--dlq", topics.url(topics.dlq), "--json", *args)
+        try:
+            wait_until(lambda: started in lane.log(), f"the lane logged {started!r}",
+                       abort_if=[exited(lane.proc, lane.tail)])
+        except BaseException:
+            lane.kill()
+            raise
+    return lane
+
+
+def test_sigterm_while_a_down_sink_is_retried_commits_nothing_and_waits_once(
+        kafka_bootstrap: str, topic_prefix: str, model_repo: Path, tmp_path: Path) -> None:
+    topics = Topics(kafka_bootstrap, topic_prefix)
+    lane = lane_with_a_redis_sink_that_goes_away(topics, model_repo, tmp_path, "partitions assigned",
+                                                 "--shutdown-timeout", "3")
+    # The sink's Redis is gone (connection refused: transient): the lane retries the write until stopped.
+    try:
+        produce_kafka(kafka_bootstrap, topics.source, fraud_events(100))
+        wait_until(lambda: "retry 2 (giving up" in lane.log(), "a retried write",
+                   abort_if=[exited(lane.proc, lane.tail)])
         lane.signal(signal.SIGTERM)
         code, report = lane.finish()
     finally:
@@ -415,12 +444,28 @@ def test_sigterm_while_the_sink_refuses_writes_commits_nothing_and_waits_once(
     assert code == 0, lane.tail()
     assert report is not None
     assert (report["events_in"], report["events_out"]) == (100, 0)
-    assert f"write to Kafka {kafka_bootstrap} topic {topics.sink} failed" in lane.log()
-    assert read_topic(kafka_bootstrap, topics.sink) == []
-    # the unwritten batch stays uncommitted, to be delivered again
+    assert "write to Redis 127.0.0.1:" in lane.log()
     assert committed_offsets(kafka_bootstrap, topics.source, topics.group) == dict.fromkeys(range(4), 0)
     # it got --shutdown-timeout once: leaving the group on the way out does not wait for it again
     assert lane.log().count("did not finish within 3 s") == 1, lane.tail()
+
+
+def test_a_sink_down_past_the_retry_budget_stops_the_lane_with_the_error(
+        kafka_bootstrap: str, topic_prefix: str, model_repo: Path, tmp_path: Path) -> None:
+    topics = Topics(kafka_bootstrap, topic_prefix)
+    produce_kafka(kafka_bootstrap, topics.source, fraud_events(50))
+    lane = lane_with_a_redis_sink_that_goes_away(topics, model_repo, tmp_path, f"stream {topics.group}",
+                                                 "--sink-retry-s", "2")
+    try:
+        code, report = lane.finish()
+    finally:
+        lane.kill()
+    assert code == 1, lane.tail()
+    assert report is None
+    line = next(x for x in lane.log().splitlines() if x.startswith("stream stopped: "))
+    # (redis-py's own reconnect attempts inside one write can use the whole 2 s: "failed 1 time")
+    assert "RetriesExhausted: write to Redis 127.0.0.1:" in line and "; last error: SinkError" in line, line
+    assert committed_offsets(kafka_bootstrap, topics.source, topics.group) == dict.fromkeys(range(4), 0)
 
 
 # -- metrics and scale-out -----------------------------------------------------------------------
@@ -436,7 +481,7 @@ def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
 
 
 def series(metrics: dict[str, dict[tuple[tuple[str, str], ...], float]], name: str, **labels: str) -> float:
-    want = tuple(sorted({"model": "fraud", "version": "1", **labels}.items()))
+    want = tuple(sorted({"model": "fraud", "version": "1", "lane": "stream", **labels}.items()))
     assert want in metrics.get(name, {}), f"no {name}{labels}; have {sorted(metrics.get(name, {}))}"
     return metrics[name][want]
 
@@ -457,10 +502,10 @@ def test_metrics_while_running(kafka_bootstrap: str, topic_prefix: str, model_re
                 return False
             lag = m.get("inferlane_stream_consumer_lag", {})
             return (m.get("inferlane_stream_events_total", {}).get(
-                        (("model", "fraud"), ("outcome", "out"), ("version", "1"))) == 1000
+                        (("lane", "stream"), ("model", "fraud"), ("outcome", "out"), ("version", "1"))) == 1000
                     and len(lag) == 4 and not any(lag.values()))
 
-        wait_until(caught_up, "the lane to score every event", lanes=(lane,))
+        wait_until(caught_up, "the lane to score every event", abort_if=[exited(lane.proc, lane.tail)])
         m = scrape(port)
         assert series(m, "inferlane_stream_events_total", outcome="in") == 1001
         assert series(m, "inferlane_stream_events_total", outcome="out") == 1000
@@ -505,7 +550,8 @@ def test_two_instances_share_the_partitions(kafka_bootstrap: str, topic_prefix: 
             a, b = (lane.assignment() for lane in lanes)
             return bool(a) and bool(b) and not a & b and a | b == everything
 
-        wait_until(shared, "both instances to hold partitions", lanes=tuple(lanes), every_s=0.02)
+        wait_until(shared, "both instances to hold partitions", interval_s=0.02,
+                   abort_if=[exited(lane.proc, lane.tail) for lane in lanes])
         events = fraud_events(4000)
         produce_kafka(kafka_bootstrap, topics.source, events)
         results = [lane.finish() for lane in lanes]

@@ -15,9 +15,9 @@ import orjson
 import pytest
 import redis
 
-from inferlane.lanes.batch.job import open_model
+from inferlane.core.inputs import RecordDecoder
+from inferlane.core.model import ModelVersion
 from inferlane.lanes.stream import (
-    EventDecoder,
     StreamRunner,
     StreamSettings,
     open_dead_letters,
@@ -25,6 +25,7 @@ from inferlane.lanes.stream import (
     open_stream_sink,
 )
 from inferlane.lanes.stream.sinks import Scored, Sink
+from inferlane.testing import wait_until
 from tests.stream.support import (
     Record,
     finish,
@@ -33,7 +34,6 @@ from tests.stream.support import (
     read_redis_stream,
     start_lane,
     stream_url,
-    wait_until,
     xadd_events,
 )
 
@@ -75,6 +75,7 @@ def prediction(rec: Record) -> tuple[Any, ...]:
     return rec["id"], rec["model_version"], rec["label"], tuple(rec["probabilities"])
 
 
+@pytest.mark.e2e
 def test_backlog_drains_to_a_redis_stream_exactly_once(model_repo: Path, stream_redis_url: str, topic_prefix: str,
                                                        client: redis.Redis, tmp_path: Path) -> None:
     src, out, group = f"{topic_prefix}:events", f"{topic_prefix}:scores", f"{topic_prefix}-scorer"
@@ -102,6 +103,7 @@ def test_backlog_drains_to_a_redis_stream_exactly_once(model_repo: Path, stream_
     assert client.xlen(f"{topic_prefix}:dlq") == 0
 
 
+@pytest.mark.e2e
 def test_poison_events_go_to_the_redis_dead_letter_stream(model_repo: Path, stream_redis_url: str,
                                                           topic_prefix: str, client: redis.Redis,
                                                           tmp_path: Path) -> None:
@@ -147,6 +149,7 @@ def test_poison_events_go_to_the_redis_dead_letter_stream(model_repo: Path, stre
     assert pending_count(client, src, group) == 0
 
 
+@pytest.mark.e2e
 def test_pending_entries_of_a_killed_consumer_are_claimed(model_repo: Path, stream_redis_url: str,
                                                           topic_prefix: str, client: redis.Redis,
                                                           tmp_path: Path) -> None:
@@ -221,15 +224,14 @@ def test_a_stalled_sink_bounds_what_the_group_reads(model_repo: Path, stream_red
     bound = (max_inflight + 2) * max_batch
     xadd_events(stream_redis_url, src, fraud_events(n))
 
-    model = open_model(str(model_repo / "fraud"), None, 1)
-    sink = StalledSink(open_stream_sink(stream_url(stream_redis_url, out), key_field="id", group=group,
-                                        model=model.name))
+    model = ModelVersion.open(model_repo / "fraud", None, 1)
+    sink = StalledSink(open_stream_sink(stream_url(stream_redis_url, out), key_field="id"))
     dead = open_dead_letters(stream_url(stream_redis_url, f"{topic_prefix}:dlq"), group=group, model=model.name,
                              version=model.version)
     source = open_source(stream_url(stream_redis_url, src), group, consumer="bp", claim_idle_ms=600_000)
     settings = StreamSettings(max_batch=max_batch, max_wait_ms=20, max_inflight=max_inflight, pause_after_s=0.5,
                               idle_exit_s=idle_exit, lag_interval_s=0.2)
-    runner = StreamRunner(model, EventDecoder.create(model.config, "id"), source, sink, dead, settings)
+    runner = StreamRunner(model, RecordDecoder.create(model.config, "id"), source, sink, dead, settings)
     stop = threading.Event()
     result: dict[str, Any] = {}
 
@@ -246,17 +248,24 @@ def test_a_stalled_sink_bounds_what_the_group_reads(model_repo: Path, stream_red
         stalled_at = time.monotonic()
         wait_until(lambda: runner.metrics.snapshot()["paused"] == 1 and runner.metrics.snapshot()["inflight"]
                    == max_inflight, "backpressure paused consumption")
-        time.sleep(settings.pause_after_s * 2)  # past pause_after_s: the source itself is paused
-        for _ in range(10):  # the group stays put while the destination is stalled
+        # Past pause_after_s the runner pauses the source itself (it then stops asking Redis for entries).
+        wait_until(lambda: source._paused, "the runner paused the source")
+
+        def stalled_past_idle_exit() -> bool:
+            """The group stays put while the destination is stalled (checked on every poll), until the
+            stall has outlasted idle_exit_s."""
             snap = runner.metrics.snapshot()
             assert snap["paused"] == 1 and snap["out"] == 0, snap
             assert 0 < pending_count(client, src, group) <= bound
             read, unread = group_read_unread(client, src, group)
             assert 0 < read <= bound and unread == n - read
             assert 0 < runner.metrics.events["in"] <= bound
-            time.sleep(0.15)
+            return time.monotonic() >= stalled_at + idle_exit + 0.5
+
         # A stall longer than idle_exit_s is not idleness: the backlog must still be drained after it.
-        time.sleep(max(0.0, stalled_at + idle_exit + 0.5 - time.monotonic()))
+        # Elapsed time is itself the condition under test here (the runner measures idleness with
+        # time.monotonic, the clock read above), so the wait ends when the stall is long enough.
+        wait_until(stalled_past_idle_exit, "the stall has outlasted idle_exit_s", 30, interval_s=0.15)
     finally:
         sink.release.set()
     thread.join(120)
@@ -300,14 +309,13 @@ def test_a_consumer_never_reclaims_its_own_inflight_entries(model_repo: Path, st
     src, out, group = f"{topic_prefix}:events", f"{topic_prefix}:scores", f"{topic_prefix}-scorer"
     n = 2000
     xadd_events(stream_redis_url, src, fraud_events(n))
-    model = open_model(str(model_repo / "fraud"), None, 1)
-    sink = SlowSink(open_stream_sink(stream_url(stream_redis_url, out), key_field="id", group=group,
-                                     model=model.name), delay=0.3)
+    model = ModelVersion.open(model_repo / "fraud", None, 1)
+    sink = SlowSink(open_stream_sink(stream_url(stream_redis_url, out), key_field="id"), delay=0.3)
     dead = open_dead_letters(stream_url(stream_redis_url, f"{topic_prefix}:dlq"), group=group, model=model.name,
                              version=model.version)
     source = open_source(stream_url(stream_redis_url, src), group, consumer="solo", claim_idle_ms=50)
     settings = StreamSettings(max_batch=64, max_wait_ms=10, max_inflight=4, idle_exit_s=1.5)
-    runner = StreamRunner(model, EventDecoder.create(model.config, "id"), source, sink, dead, settings)
+    runner = StreamRunner(model, RecordDecoder.create(model.config, "id"), source, sink, dead, settings)
     try:
         report = runner.run(threading.Event())
     finally:

@@ -9,7 +9,7 @@ import redis
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from tests.services import create_topics
+from inferlane.testing import create_topics
 
 
 def test_kafka_produce_consume_commit(kafka_bootstrap: str, topic_prefix: str) -> None:

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from inferlane.lanes.batch.job import open_model
+from inferlane.core.model import ModelVersion
+from inferlane.testing import redis_server, wait_until
 from tests.batch.conftest import postgres_dsn  # noqa: F401 - the real PostgreSQL server fixture
-from tests.services import redis_server
 from tests.stream.support import (
     finish,
     fraud_events,
@@ -27,9 +27,10 @@ from tests.stream.support import (
     read_redis_stream,
     start_lane,
     stream_url,
-    wait_until,
     xadd_events,
 )
+
+pytestmark = pytest.mark.e2e  # every test here starts the CLI or a server as a subprocess
 
 N = 1000
 
@@ -38,7 +39,7 @@ N = 1000
 def expected(model_repo: Path) -> dict[str, tuple[int, float, float]]:
     """id → (label, p0, p1): the model's own forward on the events' features."""
     events = fraud_events(N)
-    model = open_model(str(model_repo / "fraud"), None, 1)
+    model = ModelVersion.open(model_repo / "fraud", None, 1)
     try:
         out = model.forward({"features": np.asarray([e["features"] for e in events], dtype=np.float32)})
     finally:

@@ -1,48 +1,87 @@
-"""``inferlane jobs``: submit | status | wait | list | cancel (HTTP client) and worker (standalone)."""
+"""``inferlane jobs``: submit | status | wait | list | cancel (HTTP client) and worker (standalone).
+
+The client commands retry what the one retry rule calls transient (connection refused or reset,
+timeouts, HTTP 503) a few times, then give up with a one-line error and exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import signal
+import logging
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from inferlane.core.errors import ConfigError
+from inferlane.core.errors import ConfigError, RetriesExhausted, Unavailable
+from inferlane.core.retry import RetryPolicy
 
 FINAL = {"succeeded", "failed", "cancelled", "expired"}
 
+CLIENT_RETRY = RetryPolicy(attempts=4, backoff_s=0.25, max_backoff_s=2.0, give_up_after_s=60.0)
+"""Each request to the server: 4 tries over about 2 s when the server is down or answers 503."""
+WAIT_POLL = RetryPolicy(backoff_s=0.05, multiplier=1.5, max_backoff_s=2.0, jitter=0.1)
+"""``wait``: the growing delay between two polls of the job (only its ``delay`` is used)."""
+
+Call = Callable[..., Any]
+"""``call(method, path, **httpx_kwargs)``: the decoded JSON answer, or ConfigError."""
+
 
 @contextlib.contextmanager
-def _client(args: argparse.Namespace) -> Iterator[Any]:
-    """An HTTP client for the server; a connection failure becomes a one-line error, not a traceback."""
+def _client(args: argparse.Namespace) -> Iterator[Call]:
+    """A function calling the server; transient failures are retried by CLIENT_RETRY, and any
+    failure becomes a one-line error (ConfigError), not a traceback."""
     import httpx
 
-    try:
-        with httpx.Client(base_url=args.url, timeout=30.0) as c:
-            yield c
-    except httpx.HTTPError as e:
-        raise ConfigError(f"cannot talk to the server at {args.url}: {type(e).__name__}: {e}") from None
+    # The retries are the policy's business; a give-up is reported once, as one line.
+    logging.getLogger("inferlane.core.retry").setLevel(logging.ERROR)
+
+    def fail(reason: str) -> ConfigError:
+        return ConfigError(f"cannot talk to the server at {args.url}: {' '.join(reason.split())}")
+
+    with httpx.Client(base_url=args.url, timeout=httpx.Timeout(30.0, connect=5.0)) as client:
+        def call(method: str, path: str, **kwargs: Any) -> Any:
+            def once() -> Any:
+                r = client.request(method, path, **kwargs)
+                if r.status_code == 503:  # queue full or not ready: worth another try
+                    raise Unavailable(f"HTTP 503: {_error_text(r)}")
+                return r
+
+            try:
+                r = CLIENT_RETRY.call(once, what=f"{method} {path}")
+            except RetriesExhausted as e:
+                raise fail(e.message) from None
+            except httpx.HTTPError as e:  # not transient (a bad URL, a broken answer): not retried
+                raise fail(f"{type(e).__name__}: {e}") from None
+            return _check(r)
+
+        yield call
 
 
 def _print(doc: Any) -> None:
     sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+def _error_text(r: Any) -> str:
+    try:
+        doc = r.json()
+    except ValueError:
+        return str(r.text)
+    return str(doc.get("error", r.text)) if isinstance(doc, dict) else str(r.text)
+
+
 def _check(r: Any) -> Any:
     if r.status_code >= 400:
-        try:
-            message = r.json().get("error", r.text)
-        except ValueError:
-            message = r.text
-        raise ConfigError(f"HTTP {r.status_code}: {message}")
-    return r.json()
+        raise ConfigError(f"HTTP {r.status_code}: {_error_text(r)}")
+    try:
+        return r.json()
+    except ValueError:
+        raise ConfigError(f"HTTP {r.status_code}: the answer is not JSON: {r.text[:200]!r}") from None
 
 
 def submit(args: argparse.Namespace) -> int:
@@ -67,36 +106,36 @@ def submit(args: argparse.Namespace) -> int:
         if args.output_uri:
             doc["output_uri"] = args.output_uri
         body = orjson.dumps(doc)
-    headers = {"Content-Type": "application/json"}
-    if args.idempotency_key:
-        headers["Idempotency-Key"] = args.idempotency_key
+    # A retried submit must not make a second job: without a key of the caller's, one of our own.
+    headers = {"Content-Type": "application/json", "Idempotency-Key": args.idempotency_key or uuid.uuid4().hex}
     path = f"/v2/models/{args.model}" + (f"/versions/{args.version}" if args.version else "") + "/jobs"
-    with _client(args) as c:
-        job = _check(c.post(path, content=body, headers=headers))
+    with _client(args) as call:
+        job = call("POST", path, content=body, headers=headers)
     print(job["id"])
     return 0
 
 
 def status(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        _print(_check(c.get(f"/v2/jobs/{args.job_id}")))
+    with _client(args) as call:
+        _print(call("GET", f"/v2/jobs/{args.job_id}"))
     return 0
 
 
 def wait(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
-    delay = 0.05
-    with _client(args) as c:
+    with _client(args) as call:
+        poll = 0
         while True:
-            job = _check(c.get(f"/v2/jobs/{args.job_id}"))
+            job = call("GET", f"/v2/jobs/{args.job_id}")
             if job["status"] in FINAL:
                 _print(job)
                 return 0 if job["status"] == "succeeded" else 3
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 print(f"job {args.job_id} is still {job['status']} after {args.timeout:g} s", file=sys.stderr)
                 return 1
-            time.sleep(delay)
-            delay = min(delay * 1.5, 2.0)
+            poll += 1
+            time.sleep(min(WAIT_POLL.delay(poll), left))
 
 
 def listing(args: argparse.Namespace) -> int:
@@ -105,8 +144,8 @@ def listing(args: argparse.Namespace) -> int:
         params["status"] = args.status
     if args.model:
         params["model"] = args.model
-    with _client(args) as c:
-        jobs = _check(c.get("/v2/jobs", params=params))["jobs"]
+    with _client(args) as call:
+        jobs = call("GET", "/v2/jobs", params=params)["jobs"]
     for j in jobs:
         print(f"{j['id']}  {j['status']:<9}  {j['model']:<16} attempts {j['attempts']}/{j['max_attempts']}"
               + (f"  {j['error']}" if j.get("error") else ""))
@@ -114,51 +153,21 @@ def listing(args: argparse.Namespace) -> int:
 
 
 def cancel(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        _print(_check(c.delete(f"/v2/jobs/{args.job_id}")))
+    with _client(args) as call:
+        _print(call("DELETE", f"/v2/jobs/{args.job_id}"))
     return 0
 
 
 def worker(args: argparse.Namespace) -> int:
     """Load the models, then run jobs from the store until SIGTERM (jobs in hand finish first)."""
-    import logging
-
-    from inferlane.core.metrics import Metrics
-    from inferlane.lanes.jobs import JobsLane, JobWorker
-    from inferlane.rollout.registry import ModelRegistry
+    from inferlane.lanes.jobs import run_worker
     from inferlane.server.settings import ServerSettings
-    from inferlane.store.jobs import open_job_store
 
     settings = ServerSettings.from_env(model_repository=args.repository, jobs_store=args.store,
                                        jobs_workers=args.concurrency, log_level=args.log_level)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    metrics = Metrics()
-
-    async def main() -> None:
-        registry = ModelRegistry.from_repository(settings.model_repository, observer_factory=metrics.batch_observer)
-        store = open_job_store(settings.jobs_store)
-        w = JobWorker(JobsLane(registry, store, settings.jobs_settings(), metrics))
-        if args.metrics_port is not None:
-            from prometheus_client import start_http_server
-
-            start_http_server(args.metrics_port, addr="127.0.0.1", registry=metrics.registry)
-        await registry.load_all()
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        run = asyncio.create_task(w.run())
-        print(f"worker {w.id} ready: models {sorted(registry.entries)}, store {settings.jobs_store}", flush=True)
-        await stop.wait()
-        await w.stop(settings.graceful_timeout_s)
-        run.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await run
-        await registry.close()
-        store.close()
-
-    asyncio.run(main())
-    return 0
+    return run_worker(settings.model_repository, settings.jobs_store, settings.jobs_settings(),
+                      metrics_port=args.metrics_port, graceful_timeout_s=settings.graceful_timeout_s)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

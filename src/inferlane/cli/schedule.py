@@ -6,77 +6,26 @@ import argparse
 import logging
 import signal
 import threading
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from inferlane.cli.batch import EPILOG, add_job_arguments, job_from_args, print_report
-from inferlane.core.errors import ConfigError
-
-if TYPE_CHECKING:
-    from inferlane.lanes.batch import BatchJob
-
-log = logging.getLogger("inferlane.batch.schedule")
-
-
-def _planned_rows(job: BatchJob) -> int:
-    from inferlane.core.uri import filesystem_for
-    from inferlane.lanes.batch.sources import list_inputs, plan_shards
-
-    fs, path = filesystem_for(job.input, job.endpoint_url)
-    return sum(s.rows for s in plan_shards(fs, list_inputs(job.input, fs, path, job.input_format), job.shard_rows))
+from inferlane.cli.batch_args import EPILOG, add_job_arguments, job_from_args, print_report
 
 
 def schedule(args: argparse.Namespace) -> int:
-    from croniter import croniter
-    from prometheus_client import CollectorRegistry, Gauge, start_http_server
-
-    from inferlane.lanes.batch import run_batch
-    from inferlane.lanes.batch.schedule import append_history, estimate, parse_deadline, read_history
+    from inferlane.core.metrics import Metrics
+    from inferlane.lanes.batch.schedule import Schedule, run_schedule
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if not croniter.is_valid(args.cron):
-        raise ConfigError(f"--cron {args.cron!r}: not a cron expression (e.g. '0 2 * * *')")
     name = args.name or args.job_id.split("{")[0].rstrip("-_") or "batch"
-    history = Path(args.history or f".inferlane/schedule-{name}.jsonl")
-    registry = CollectorRegistry()
-    at_risk = Gauge("inferlane_batch_deadline_at_risk", "1 when the estimated finish is past the deadline",
-                    ["job"], registry=registry)
-    eta = Gauge("inferlane_batch_estimated_finish_timestamp_seconds", "Estimated finish (Unix time)",
-                ["job"], registry=registry)
-    last_ok = Gauge("inferlane_batch_last_success_timestamp_seconds", "Last successful run (Unix time)",
-                    ["job"], registry=registry)
+    metrics = Metrics()
     if args.metrics_port is not None:
-        start_http_server(args.metrics_port, addr="127.0.0.1", registry=registry)
+        metrics.serve(args.metrics_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    cron = croniter(args.cron, datetime.now().astimezone())
-    runs = 0
-    while not stop.is_set() and (args.max_runs is None or runs < args.max_runs):
-        fire = datetime.now().astimezone() if (args.run_now and runs == 0) else cron.get_next(datetime)
-        log.info("next run of %s at %s", name, f"{fire:%Y-%m-%d %H:%M:%S %Z}")
-        if stop.wait(max(0.0, (fire - datetime.now().astimezone()).total_seconds())):
-            break
-        fields = {"date": f"{fire:%Y-%m-%d}", "time": f"{fire:%H%M}", "name": name}
-        job_id = args.job_id.format(**fields)
-        run_args = argparse.Namespace(**{**vars(args), "input": args.input.format(**fields),
-                                         "output": args.output.format(**fields)})
-        job = job_from_args(run_args, job_id)
-        start = datetime.now().astimezone()
-        est = estimate(_planned_rows(job), read_history(history), start, parse_deadline(args.deadline, fire))
-        at_risk.labels(name).set(1 if est.at_risk else 0)
-        if est.finish is not None:
-            eta.labels(name).set(est.finish.timestamp())
-        if est.at_risk:
-            log.warning("DEADLINE AT RISK for job %s: %s", job_id, est.describe())
-        else:
-            log.info("job %s: %s", job_id, est.describe())
-        report = run_batch(job)
-        print_report(report)
-        append_history(history, report)
-        if report["status"] == "succeeded":
-            last_ok.labels(name).set(datetime.now().timestamp())
-        runs += 1
+    plan = Schedule(cron=args.cron, job=job_from_args(args, args.job_id), deadline=args.deadline, name=name,
+                    history=Path(args.history) if args.history else None, run_now=args.run_now,
+                    max_runs=args.max_runs)
+    run_schedule(plan, stop, metrics=metrics, on_report=print_report)
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import signal
 import sys
@@ -12,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from inferlane.cli.batch import _columns
+from inferlane.cli.batch_args import parse_columns
 from inferlane.core.errors import ConfigError
 
 DESCRIPTION = """\
@@ -21,7 +20,7 @@ micro-batches, write each output keyed by <key>@<model version>, and commit offs
 after the sink acknowledged the outputs. Malformed or unscorable events go to --dlq with their
 error. Run more instances with the same --group to share the partitions.
 
-Sources:  kafka://host:port/topic   redis://host:port/stream[?field=data&db=0]
+Sources:  kafka://host:port/topic   redis://host:port[/db]/stream[?field=data]
 Sinks:    kafka://host:port/topic   redis://host:port/stream   a folder (Parquet)
           sqlite:///file.db   postgresql://user@host/db   (--table, default predictions)
 Dead letters: kafka://...  redis://...  or a .jsonl file
@@ -35,17 +34,7 @@ EPILOG = ("Exit codes: 0 stopped by SIGTERM/SIGINT (or --idle-exit) after finish
 
 
 def run(args: argparse.Namespace) -> int:
-    from inferlane.lanes.batch.job import open_model
-    from inferlane.lanes.stream import (
-        EventDecoder,
-        StreamMetrics,
-        StreamRunner,
-        StreamSettings,
-        open_dead_letters,
-        open_source,
-        open_stream_sink,
-    )
-    from inferlane.lanes.stream.runner import tune_gc
+    from inferlane.lanes.stream import StreamJob, StreamSettings, run_stream
 
     stop = threading.Event()  # from the start: a SIGTERM while the model loads is a clean stop too
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -53,45 +42,18 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = StreamSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_inflight=args.max_inflight,
                               shutdown_timeout_s=args.shutdown_timeout, idle_exit_s=args.idle_exit,
-                              log_interval_s=args.log_every)
-    settings.check()
-    model = open_model(args.model, args.version, args.threads)
-    model.warmup()
-    decoder = EventDecoder.create(model.config, args.key, _columns(args.columns, globs=False))
-    opened: list[Any] = []
+                              log_interval_s=args.log_every, sink_retry_s=args.sink_retry_s)
+    job = StreamJob(model=args.model, version=args.version, source=args.source, group=args.group, sink=args.sink,
+                    dlq=args.dlq, key=args.key, columns=parse_columns(args.columns, globs=False), table=args.table,
+                    settings=settings, start=args.start, consumer=args.consumer, claim_idle_ms=args.claim_idle_ms,
+                    threads=args.threads, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
     try:
-        sink = open_stream_sink(args.sink, key_field=args.key, group=args.group, model=model.name, table=args.table)
-        opened.append(sink)
-        dlq = open_dead_letters(args.dlq, group=args.group, model=model.name, version=model.version)
-        opened.append(dlq)
-        source = open_source(args.source, args.group, start=args.start, max_wait_ms=int(args.max_wait_ms),
-                             consumer=args.consumer, claim_idle_ms=args.claim_idle_ms)
-        opened.append(source)
-        metrics = None
-        if args.metrics_port is not None:
-            from prometheus_client import CollectorRegistry, start_http_server
-
-            registry = CollectorRegistry()
-            metrics = StreamMetrics(model.name, model.version, registry)
-            try:
-                start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry)
-            except OSError as e:  # the port is taken, or the address is not this host's
-                raise ConfigError(f"--metrics-port {args.metrics_port} on {args.metrics_host}: "
-                                  f"{e.strerror or e}") from e
-        runner = StreamRunner(model, decoder, source, sink, dlq, settings, metrics)
-        tune_gc()
-        print(f"stream {args.group}: model {model.name} version {model.version}; {source.description} -> "
-              f"{sink.description}; dead letters -> {dlq.description}", file=sys.stderr, flush=True)
-        try:
-            report = runner.run(stop)
-        except Exception as e:  # the stage already logged it with its traceback
-            print(f"stream stopped: {type(e).__name__}: {e}", file=sys.stderr)
-            return 1
-    finally:
-        for part in reversed(opened):
-            with contextlib.suppress(Exception):
-                part.close()
-        model.close()
+        report = run_stream(job, stop, on_start=lambda line: print(line, file=sys.stderr, flush=True))
+    except ConfigError:
+        raise
+    except Exception as e:  # the stage already logged it with its traceback
+        print(f"stream stopped: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     print(" ".join(f"{k}={v}" for k, v in report.items()), file=sys.stderr)
     if args.json:
         sys.stdout.write(orjson.dumps(report).decode() + "\n")
@@ -139,6 +101,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     r.add_argument("--claim-idle-ms", type=_positive(int), default=30_000,
                    help="Redis: take over entries pending this long at a dead consumer (default 30000)")
     r.add_argument("--threads", type=_positive(int), default=0, help="model threads (default: every core)")
+    r.add_argument("--sink-retry-s", type=_positive(float), default=120.0,
+                   help="retry transient sink failures this long, then stop with the error (exit 1; default 120)")
     r.add_argument("--shutdown-timeout", type=_positive(float), default=30.0,
                    help="seconds in-flight batches get to finish on SIGTERM or rebalance (default 30)")
     r.add_argument("--idle-exit", type=_positive(float),

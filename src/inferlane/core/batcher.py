@@ -10,6 +10,9 @@ request miss its deadline given the measured forward time. Waits are timers and 
 event loop (no polling). Each request also has a deadline timer: when it fires the caller gets
 DeadlineExceeded at once and, if the request is still queued, it never reaches the model.
 
+``forward`` must return one row per input row for every output: ModelVersion.forward checks that
+(and raises BatchSizeMismatch, which fails every request of the batch).
+
 Requests have a priority: ``ONLINE`` (the default) or ``BACKGROUND`` (jobs). A batch takes every
 queued online request it can hold first and fills the remaining rows with background requests,
 so a flood of jobs delays an online request by at most the batch already running.
@@ -29,13 +32,14 @@ import numpy as np
 
 from inferlane.core.clock import Clock, MonotonicClock, Timer
 from inferlane.core.errors import (
-    BatchSizeMismatch,
     DeadlineExceeded,
     InferlaneError,
     ModelError,
     ModelNotReady,
     QueueFull,
+    Unavailable,
 )
+from inferlane.core.retry import is_transient
 from inferlane.core.spec import BatchingPolicy
 
 log = logging.getLogger(__name__)
@@ -290,17 +294,13 @@ class DynamicBatcher:
         return batch
 
     def _run_batch(self, items: list[_Pending], rows: int) -> list[dict[str, np.ndarray]]:
-        """Worker thread: merge, forward, check the batch contract, split."""
+        """Worker thread: merge, forward, split."""
         if len(items) == 1:
             merged = dict(items[0].inputs)
         else:
             merged = {name: np.concatenate([p.inputs[name] for p in items])
                       for name in items[0].inputs}
-        outputs = self._forward(merged)
-        for name, arr in outputs.items():
-            got = arr.shape[0] if arr.ndim else 1
-            if got != rows:
-                raise BatchSizeMismatch(name, rows, got)
+        outputs = self._forward(merged)  # checked there: one row per input row (ModelVersion.forward)
         if len(items) == 1:
             return [outputs]
         split: list[dict[str, np.ndarray]] = []
@@ -325,7 +325,11 @@ class DynamicBatcher:
             error = e
         except Exception as e:
             log.exception("model %s failed on a batch of %d rows", self._name, rows)
-            error = ModelError(f"model {self._name} failed: {type(e).__name__}: {e}")
+            # The one retry rule decides here too: a model that lost a connection (transient) is
+            # Unavailable, worth a retry; any other failure is a ModelError, which is not.
+            kind = Unavailable if is_transient(e) else ModelError
+            error = kind(f"model {self._name} failed: {type(e).__name__}: {e}")
+            error.__cause__ = e
         finally:
             self._inflight -= 1
             if self._waiting_for == "slot":

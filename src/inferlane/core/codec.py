@@ -19,6 +19,7 @@ import orjson
 
 from inferlane.core.datatypes import DATATYPES, from_numpy, to_numpy
 from inferlane.core.errors import InvalidInput, PayloadTooLarge
+from inferlane.core.inputs.values import ValueProblem, from_buffer, from_json, invalid
 from inferlane.core.spec import ModelConfig
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -102,62 +103,12 @@ def _shape(shape: Any, where: str, max_elements: int) -> tuple[list[int], int]:
     return dims, count
 
 
-def array_from_json(data: Any, datatype: str, where: str) -> np.ndarray:
-    """JSON data (a list, flat or nested) as an array of ``datatype``, keeping the nesting.
-
-    Refuses, naming ``where``: ragged or too deeply nested lists, strings or nulls for numbers,
-    booleans for numbers (and numbers for BOOL), floats for integers, and values out of range.
-    """
-    dt = to_numpy(datatype)
+def _values(data: Any, datatype: str, name: str) -> np.ndarray:
+    """JSON tensor data as ``datatype`` under the one set of value rules (core/inputs/values.py)."""
     try:
-        arr = np.asarray(data, dtype=object if datatype == "BYTES" else None)
-    except ValueError as e:
-        msg = str(e)
-        if "inhomogeneous" in msg:
-            raise InvalidInput(f"{where}: data is ragged "
-                               "(nested lists of different lengths)") from None
-        if "dimension" in msg:
-            raise InvalidInput(f"{where}: data is nested more than 64 levels deep") from None
-        raise InvalidInput(f"{where}: data cannot be read as {datatype}: {msg}") from None
-    except (TypeError, OverflowError) as e:
-        raise InvalidInput(f"{where}: data cannot be read as {datatype}: {e}") from None
-    kind = arr.dtype.kind
-    if datatype == "BYTES":
-        flat = arr.ravel()
-        if not all(isinstance(x, str) for x in flat):
-            raise InvalidInput(f"{where}: BYTES data must be strings "
-                               "(nested lists of equal length)")
-        out = np.empty(flat.size, dtype=object)
-        out[:] = [x.encode() for x in flat]
-        return out.reshape(arr.shape)
-    if datatype == "BOOL":
-        if kind != "b" and arr.size:
-            raise InvalidInput(f"{where}: BOOL data must be true/false")
-        return arr.astype(np.bool_)
-    if arr.size and kind not in "iuf":
-        what = {"b": "booleans", "U": "strings"}.get(kind, "nulls, objects or mixed values")
-        raise InvalidInput(f"{where}: data is not {datatype} numbers (found {what})")
-    if dt.kind == "f":
-        with np.errstate(over="ignore"):
-            out = arr.astype(dt)
-        if not np.isfinite(out).all():
-            raise InvalidInput(f"{where}: values out of range for {datatype}")
-        return out
-    if arr.size:
-        info = np.iinfo(dt)
-        if kind == "f":
-            # Integers past 64 bits arrive as floats (orjson): test the range before the type.
-            # 2**bits (2**(bits-1) if signed) is the exclusive bound; unlike info.max, a float
-            # holds it exactly.
-            top = 2.0 ** (info.bits - (dt.kind == "i"))
-            out_of_range = arr.min() < info.min or arr.max() >= top
-        else:
-            out_of_range = arr.min() < info.min or arr.max() > info.max
-        if out_of_range:
-            raise InvalidInput(f"{where}: values out of range for {datatype}")
-        if kind == "f":
-            raise InvalidInput(f"{where}: data is not {datatype} numbers (found floats)")
-    return arr.astype(dt)
+        return from_json(data, datatype)
+    except ValueProblem as e:
+        raise invalid(name, e) from None
 
 
 def _tensor_from_json(t: dict[str, Any], i: int, max_elements: int, binary: memoryview | None,
@@ -198,14 +149,17 @@ def _tensor_from_json(t: dict[str, Any], i: int, max_elements: int, binary: memo
             if size != count * dt.itemsize:
                 raise InvalidInput(f"{where}: binary_data_size {size} is not {count} x "
                                    f"{dt.itemsize} bytes for shape {shape}")
-            arr = np.frombuffer(raw, dtype=dt.newbyteorder("<")).astype(dt, copy=False)
+            try:
+                arr = from_buffer(raw, datatype)
+            except ValueProblem as e:
+                raise invalid(name, e) from None
         return name, arr.reshape(shape), offset
     if "data" not in t:
         raise InvalidInput(f"{where}: missing 'data' (or parameters.binary_data_size)")
     data = t["data"]
     if not isinstance(data, list):
         raise InvalidInput(f"{where}: data must be a list (flat or nested)")
-    arr = array_from_json(data, datatype, where)
+    arr = _values(data, datatype, name)
     if arr.size != count:
         raise InvalidInput(f"{where}: data has {arr.size} elements, shape {shape} needs {count}")
     return name, arr.reshape(shape), offset
@@ -354,7 +308,7 @@ def parse_v1_instances(body: bytes, config: ModelConfig) -> dict[str, np.ndarray
     for s in specs:
         if s.name not in columns:
             raise InvalidInput(f"missing input {s.name!r}")
-        arr = array_from_json(columns[s.name], s.datatype, f"input {s.name!r}")
+        arr = _values(columns[s.name], s.datatype, s.name)
         if arr.size > limit:
             raise PayloadTooLarge(f"input {s.name!r}: {arr.size} elements; the limit is {limit}")
         out[s.name] = arr

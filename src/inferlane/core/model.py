@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
@@ -18,22 +19,16 @@ import numpy as np
 from inferlane.core.batcher import ONLINE, BatchObserver, DynamicBatcher, Prediction
 from inferlane.core.clock import Clock, MonotonicClock
 from inferlane.core.datatypes import to_numpy
-from inferlane.core.errors import ConfigError, InvalidInput, ModelError, PayloadTooLarge
+from inferlane.core.errors import BatchSizeMismatch, ConfigError, InvalidInput, ModelError, PayloadTooLarge
+from inferlane.core.inputs.signature import Signature, fmt_shape, shape_ok
 from inferlane.core.plugins import load_function
+from inferlane.core.repository import scan_model
 from inferlane.core.runtimes import Runtime, load_runtime
-from inferlane.core.spec import ModelConfig, TensorSpec
+from inferlane.core.spec import ModelConfig, OnnxOptions, TensorSpec
 
 log = logging.getLogger(__name__)
 
 Processor = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
-
-
-def _shape_ok(shape: tuple[int, ...], spec: tuple[int, ...]) -> bool:
-    return len(shape) == len(spec) and all(s == -1 or s == d for s, d in zip(spec, shape, strict=True))
-
-
-def _fmt(shape: tuple[int, ...]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
 class ModelVersion:
@@ -54,7 +49,7 @@ class ModelVersion:
         self.runtime = runtime
         self._pre = preprocess
         self._post = postprocess
-        self._in_dtypes = {s.name: to_numpy(s.datatype) for s in config.inputs}
+        self.signature = Signature(config)
         self._budget = config.batch_elements_budget
         self.batcher: DynamicBatcher | None = None
         self.ready = False
@@ -67,6 +62,23 @@ class ModelVersion:
         runtime = load_runtime(config, version_dir)
         return cls(config, model_dir, version, runtime, pre, post)
 
+    @classmethod
+    def open(cls, folder: str | Path, version: str | None = None, threads: int = 0) -> ModelVersion:
+        """A version from its model folder, for lanes that run whole batches themselves (no
+        batcher): ONNX gets ``threads`` intra-op threads (0: every core) and no spinning between
+        batches. ConfigError names an unknown version."""
+        entry = scan_model(Path(folder))
+        version = version or entry.default_version
+        if version not in entry.versions:
+            raise ConfigError(f"--version {version}: model {entry.name} has versions {list(entry.versions)}")
+        config = entry.config
+        if config.runtime == "onnx":
+            onnx = config.onnx or OnnxOptions()
+            onnx = onnx.model_copy(update={"intra_op_num_threads": threads or (os.cpu_count() or 1),
+                                           "allow_spinning": False})
+            config = config.model_copy(update={"onnx": onnx})
+        return cls.load(config, entry.path, version)
+
     def start_batcher(self, *, clock: Clock | None = None, observer: BatchObserver | None = None) -> DynamicBatcher:
         self.batcher = DynamicBatcher(
             self.forward, self.config.batching, elements_budget=self._budget,
@@ -75,50 +87,14 @@ class ModelVersion:
 
     # -- validation -------------------------------------------------------------------------------
 
-    def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> tuple[int, int, Hashable]:
-        """Check a request against the signature and limits. Returns (rows, elements, batch key).
-
-        Raises InvalidInput (400) naming the tensor at fault, or PayloadTooLarge (413).
-        """
-        specs = self.config.inputs
-        if len(inputs) != len(specs) or any(s.name not in inputs for s in specs):
-            expected = [s.name for s in specs]
-            extra = sorted(set(inputs) - set(expected))
-            missing = [n for n in expected if n not in inputs]
-            raise InvalidInput(f"model {self.name} expects inputs {expected}"
-                               + (f"; missing {missing}" if missing else "")
-                               + (f"; unexpected {extra}" if extra else ""))
-        rows = -1
-        elements = 0
-        key: list[tuple[int, ...]] = []
-        limit = self.config.limits.max_elements_per_input
-        for spec in specs:
-            arr = inputs[spec.name]
-            if arr.dtype != self._in_dtypes[spec.name]:
-                raise InvalidInput(f"input {spec.name!r}: datatype must be {spec.datatype}")
-            if not _shape_ok(arr.shape, spec.shape):
-                raise InvalidInput(f"input {spec.name!r}: shape {_fmt(arr.shape)} does not match "
-                                   f"{_fmt(spec.shape)}")
-            if arr.size > limit:
-                raise PayloadTooLarge(f"input {spec.name!r}: {arr.size} elements; the limit is {limit}")
-            if rows == -1:
-                rows = arr.shape[0]
-            elif arr.shape[0] != rows:
-                raise InvalidInput(f"input {spec.name!r}: {arr.shape[0]} rows, other inputs have {rows}")
-            elements += arr.size
-            key.append(arr.shape[1:])
-        if rows == 0:
-            raise InvalidInput("a request must have at least one row")
-        max_rows = self.config.batching.max_batch_size
-        if rows > max_rows:
-            raise InvalidInput(f"request has {rows} rows; model {self.name} takes at most "
-                               f"{max_rows} per request (batching.max_batch_size)")
-        if elements > self._budget:
-            raise PayloadTooLarge(f"request has {elements} elements; the batch budget is "
-                                  f"{self._budget} (batching.max_batch_elements)")
-        return rows, elements, tuple(key)
+    def check_inputs(self, inputs: Mapping[str, np.ndarray], *, per_request: bool = True) -> tuple[int, int, Hashable]:
+        """Check decoded inputs against the signature (core/inputs/signature.py); returns
+        (rows, elements, batch key). InvalidInput (400) names the tensor at fault; PayloadTooLarge (413)."""
+        return self.signature.check(inputs, per_request=per_request)
 
     def _check_outputs(self, outputs: Mapping[str, Any], rows: int) -> dict[str, np.ndarray]:
+        """The one output check: every declared output, its datatype (same-kind casts allowed),
+        its shape, and one row per input row (BatchSizeMismatch, naming both numbers)."""
         result: dict[str, np.ndarray] = {}
         for spec in self.config.outputs:
             if spec.name not in outputs:
@@ -131,26 +107,44 @@ class ModelVersion:
                     raise ModelError(f"model {self.name} output {spec.name!r} is {arr.dtype}, "
                                      f"declared {spec.datatype}")
                 arr = arr.astype(want)
-            if arr.ndim and arr.shape[0] == rows and not _shape_ok(arr.shape, spec.shape):
-                raise ModelError(f"model {self.name} output {spec.name!r} has shape {_fmt(arr.shape)}, "
-                                 f"declared {_fmt(spec.shape)}")
+            got = arr.shape[0] if arr.ndim else 1
+            if got != rows:
+                raise BatchSizeMismatch(spec.name, rows, got)
+            if not shape_ok(arr.shape, spec.shape):
+                raise ModelError(f"model {self.name} output {spec.name!r} has shape {fmt_shape(arr.shape)}, "
+                                 f"declared {fmt_shape(spec.shape)}")
             result[spec.name] = arr
         return result
 
     # -- running ----------------------------------------------------------------------------------
 
     def forward(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Pre-process, run the runtime and post-process one batch; check the outputs' signature.
-
-        Row-count mismatches are left to the caller (the batcher fails the batch with
-        BatchSizeMismatch naming both numbers).
-        """
+        """Pre-process, run the runtime and post-process one batch, then check the outputs
+        (names, datatypes, shapes, one row per input row) once. Every lane runs the model
+        through here: the batcher for requests, :meth:`score` for whole batches."""
         rows = next(iter(batch.values())).shape[0]
         x = self._pre(batch) if self._pre is not None else batch
         y = self.runtime.predict(x)
         if self._post is not None:
             y = self._post(y)
         return self._check_outputs(y, rows)
+
+    def score(self, inputs: Mapping[str, np.ndarray], chunk_rows: int,
+              observe: Callable[[int, float], None] | None = None) -> dict[str, np.ndarray]:
+        """Whole-batch lanes (batch, stream): check the signature, then :meth:`forward` in chunks
+        of at most ``chunk_rows`` rows; outputs concatenated in order. ``observe(rows, seconds)``
+        is called after each forward pass (metrics)."""
+        rows, _, _ = self.check_inputs(inputs, per_request=False)
+        outs = []
+        for lo in range(0, rows, chunk_rows):
+            chunk = dict(inputs) if rows <= chunk_rows else {k: v[lo:lo + chunk_rows] for k, v in inputs.items()}
+            t0 = time.perf_counter()
+            outs.append(self.forward(chunk))
+            if observe is not None:
+                observe(min(chunk_rows, rows - lo), time.perf_counter() - t0)
+        if len(outs) == 1:
+            return outs[0]
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
     async def infer(self, inputs: Mapping[str, np.ndarray], deadline: float, priority: int = ONLINE) -> Prediction:
         """Validate one request and run it through the batcher (``BACKGROUND`` for jobs)."""
@@ -183,18 +177,13 @@ class ModelVersion:
                 self.check_inputs(batch)
             except (InvalidInput, PayloadTooLarge) as e:
                 raise ConfigError(f"{self.model_dir}/model.yaml: warmup input {i}: {e.message}") from e
-            rows = next(iter(batch.values())).shape[0]
             t0 = time.perf_counter()
             try:
-                out = self.forward(batch)
+                self.forward(batch)
             except Exception as e:
                 raise ConfigError(f"{self.model_dir}/{self.version}: warm-up batch {i} failed: "
                                   f"{type(e).__name__}: {e}") from e
             slowest = max(slowest, time.perf_counter() - t0)
-            for name, arr in out.items():
-                if (arr.shape[0] if arr.ndim else 1) != rows:
-                    raise ConfigError(f"{self.model_dir}/{self.version}: warm-up: output {name!r} "
-                                      f"has {arr.shape[0] if arr.ndim else 1} rows for {rows} input rows")
         if self.batcher is not None:
             self.batcher.seed_forward_estimate(slowest)
         return slowest

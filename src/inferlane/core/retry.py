@@ -87,8 +87,8 @@ def is_transient(exc: BaseException) -> bool:
 class RetryPolicy:
     """Exponential backoff with jitter, bounded by a number of attempts and optionally by time."""
 
-    attempts: int = 4
-    """Tries in all, the first included (1: never retry)."""
+    attempts: int | None = 4
+    """Tries in all, the first included (1: never retry); None: bounded by ``give_up_after_s`` alone."""
     backoff_s: float = 0.5
     """Delay before the first retry; each next one is ``multiplier`` times longer."""
     multiplier: float = 2.0
@@ -100,7 +100,9 @@ class RetryPolicy:
     """Also stop once this much time has passed since the first try (None: attempts alone)."""
 
     def __post_init__(self) -> None:
-        if self.attempts < 1:
+        if self.attempts is None and self.give_up_after_s is None:
+            raise ValueError("bound the retries: set attempts, give_up_after_s or both")
+        if self.attempts is not None and self.attempts < 1:
             raise ValueError("attempts must be at least 1")
         if self.backoff_s < 0 or self.max_backoff_s < 0 or self.multiplier < 1:
             raise ValueError("backoff_s and max_backoff_s must be >= 0, multiplier >= 1")
@@ -117,13 +119,14 @@ class RetryPolicy:
         when the budget is spent."""
         if not is_transient(exc):
             raise exc
-        if retry >= self.attempts:
+        if self.attempts is not None and retry >= self.attempts:
             raise RetriesExhausted(what, retry, exc) from exc
         wait = self.delay(retry)
         if self.give_up_after_s is not None and now + wait - started > self.give_up_after_s:
             raise RetriesExhausted(what, retry, exc) from exc
-        log.warning("%s: %s: %s; retry %d/%d in %.2f s", what, type(exc).__name__, exc, retry,
-                    self.attempts - 1, wait)
+        bound = (f"/{self.attempts - 1}" if self.attempts is not None
+                 else f" (giving up {self.give_up_after_s:g} s after the first failure)")
+        log.warning("%s: %s: %s; retry %d%s in %.2f s", what, type(exc).__name__, exc, retry, bound, wait)
         return wait
 
     def call(self, fn: Callable[[], T], *, what: str, on_retry: OnRetry | None = None,

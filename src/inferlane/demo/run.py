@@ -14,7 +14,7 @@ import orjson
 
 from inferlane.demo.loadgen import build_request, one_request, run_load
 from inferlane.demo.models import N_FEATURES, synthetic_transactions, write_fraud_model
-from inferlane.demo.serverproc import free_port, start_server, stop_server, wait_ready
+from inferlane.testing import free_port, start_server, stop_process, wait_ready
 
 HOST = "127.0.0.1"
 PATH = "/v2/models/fraud/infer"
@@ -110,7 +110,7 @@ def run_demo(workdir: Path | None = None, requests: int = 4000, concurrency: int
             _step(f"a burst of {requests} single-row requests over {concurrency} connections")
             ok = asyncio.run(_scenarios(port, requests, concurrency))
         finally:
-            code = stop_server(proc)
+            code = stop_process(proc)
         _step(f"SIGTERM: the server drained and exited with code {code}")
         ok = ok and code == 0
         print("\ndemo " + ("passed" if ok else "FAILED: see the steps above"))

@@ -56,13 +56,20 @@ class ModelRegistry:
             raise
         self.ready = True
 
-    def get(self, name: str, version: str | None = None) -> ModelVersion:
+    def resolve(self, name: str, version: str | None = None) -> tuple[ModelEntry, str]:
+        """The model's entry and the version a request for (name, version) goes to: the one
+        place that answers "unknown model or version" (ModelNotFound, 404)."""
         entry = self.entries.get(name)
         if entry is None:
-            raise ModelNotFound(f"unknown model {name!r}")
+            raise ModelNotFound(f"unknown model {name[:256]!r}")
         v = version or entry.default_version
         if v not in entry.versions:
-            raise ModelNotFound(f"model {name!r} has no version {v!r} (versions: {list(entry.versions)})")
+            raise ModelNotFound(f"model {name!r} has no version {v[:256]!r} (versions: {list(entry.versions)})")
+        return entry, v
+
+    def get(self, name: str, version: str | None = None) -> ModelVersion:
+        """The loaded version serving (name, version): ModelNotFound, or ModelNotReady while it loads."""
+        _, v = self.resolve(name, version)
         mv = self._versions.get((name, v))
         if mv is None or not mv.ready:
             raise ModelNotReady(f"model {name!r} version {v} is not ready (loading or warming up)")

@@ -13,25 +13,14 @@ import logging
 import os
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlparse
 
 import orjson
 import pyarrow as pa
 
 from inferlane.core.errors import ConfigError
-from inferlane.core.uri import filesystem_for
-from inferlane.lanes.batch.features import FeatureMapper
-from inferlane.lanes.batch.job import (
-    BatchJob,
-    Progress,
-    ShardFailed,
-    ShardResult,
-    commit_shard,
-    load_model,
-    score_shard,
-    with_retries,
-)
-from inferlane.lanes.batch.sinks import Sink
+from inferlane.core.urls import scheme
+from inferlane.lanes.batch.config import BatchJob, ShardFailed
+from inferlane.lanes.batch.shards import BatchRun, ShardResult, ShardScorer
 from inferlane.lanes.batch.sources import Shard
 
 try:
@@ -43,24 +32,23 @@ except ImportError as e:  # pragma: no cover - depends on the installed extras
 log = logging.getLogger(__name__)
 
 
-class ShardScorer:
-    """One model replica (a Ray actor): loads the model once, scores one shard per call."""
+class RayShardScorer:
+    """One model replica (a Ray actor): loads the model once, reads and scores one shard per call."""
 
     def __init__(self, job: BatchJob) -> None:
-        self.job = job
-        self.model = load_model(job)
-        self.mapper = FeatureMapper.create(self.model.config, job.key, job.columns)
-        self.fs, _ = filesystem_for(job.input, job.endpoint_url)
+        self.scorer = ShardScorer(job)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         shard = Shard.from_dict(orjson.loads(batch.column("shard")[0].as_py()))
         retries = [0]
         out: dict[str, Any] = {"shard": shard.id, "table": b"", "rejects": b"[]", "rows_read": 0,
                                "error": "", "config_error": ""}
+
+        def retried() -> None:
+            retries[0] += 1
+
         try:
-            res = with_retries(lambda: score_shard(self.model, self.mapper, self.fs, shard, self.job.batch_size),
-                                 shard, self.job, retries)
-            assert res is not None
+            res = self.scorer.load_and_score(shard, retried)
             ipc = pa.BufferOutputStream()
             with pa.ipc.new_stream(ipc, res.table.schema) as writer:
                 writer.write_table(res.table)
@@ -88,42 +76,42 @@ def _absolute(shard: Shard) -> dict[str, Any]:
     return replace(shard, file=replace(shard.file, path=os.path.abspath(shard.file.path))).to_dict()
 
 
-def run_ray(job: BatchJob, todo: list[Shard], sink: Sink, counters: dict[str, int], retries: list[int],
-            failed: list[str], progress: Progress) -> None:
+def run_ray(run: BatchRun, todo: list[Shard]) -> None:
     if not todo:
         return
+    job = run.job
     started_here = _init_ray()
     try:
         actors = max(1, min(job.ray_actors, len(todo)))
         cpus = float(ray.cluster_resources().get("CPU", 1.0))  # type: ignore[no-untyped-call]
-        scheme = urlparse(job.input).scheme
+        kind = scheme(job.input)
         threads = job.threads or max(1, (os.cpu_count() or 1) // actors)  # actors × threads ≈ cores
         # Actors run in another working directory: relative local paths become absolute.
         actor_job = replace(job, model=os.path.abspath(job.model), threads=threads,
-                            input=job.input if scheme else os.path.abspath(job.input))
-        local = scheme in ("", "file")
+                            input=job.input if kind else os.path.abspath(job.input))
+        local = kind in ("", "file")
         # JSON, not nested columns: Arrow would infer list<null> for a CSV shard's empty row groups.
         items = [{"shard": orjson.dumps(_absolute(s) if local else s.to_dict()).decode()} for s in todo]
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the job has its own
         ctx.print_on_execution_start = False
         results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(  # a block per shard
-            ShardScorer, fn_constructor_kwargs={"job": actor_job}, batch_size=1, batch_format="pyarrow",
+            RayShardScorer, fn_constructor_kwargs={"job": actor_job}, batch_size=1, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=min(1.0, cpus / (actors + 1)))
         by_id = {s.id: s for s in todo}
         rows = iter(results.iter_rows())
         try:
             for row in rows:
-                retries[0] += int(row["retries"])
+                for _ in range(int(row["retries"])):
+                    run.retried()
                 if row["config_error"]:
                     raise ConfigError(str(row["config_error"]))
                 if row["error"]:
-                    failed.append(str(row["error"]))
-                    log.error("%s", row["error"])
+                    run.fail(ShardFailed(str(row["error"])))
                     continue
                 table = pa.ipc.open_stream(row["table"]).read_all()
-                res = ShardResult(by_id[str(row["shard"])], table, orjson.loads(row["rejects"]), int(row["rows_read"]))
-                commit_shard(job, sink, res, counters, retries, failed, progress)
+                run.commit(ShardResult(by_id[str(row["shard"])], table, orjson.loads(row["rejects"]),
+                                       int(row["rows_read"])))
         finally:
             getattr(rows, "close", lambda: None)()  # stops the pipeline when the job stops early
     finally:

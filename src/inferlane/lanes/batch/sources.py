@@ -162,37 +162,72 @@ def _csv_header(fs: pafs.FileSystem, f: InputFile) -> list[str]:
     return next(csv.reader(io.StringIO(first)))
 
 
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Up to ``batch_rows`` rows of a shard, as read: a record batch (Parquet; CSV with every
+    column as text) or JSONL lines (each one a JSON record, as a stream event is)."""
+
+    first_row: int
+    """Row number in the file of the chunk's first row."""
+    batch: pa.RecordBatch | None = None
+    text: bool = False
+    """The batch comes from CSV: every cell is text, read as a JSON scalar would be."""
+    lines: list[bytes] | None = None
+    line_rows: list[int] | None = None
+    """The row number in the file of each row, when they are not consecutive (JSONL: blank lines
+    are not rows; CSV: a malformed line was skipped)."""
+
+    def row(self, position: int) -> int:
+        """Row number in the file of the chunk's row at ``position``."""
+        return self.line_rows[position] if self.line_rows is not None else self.first_row + position
+
+
 @dataclass(slots=True)
 class ShardData:
-    """What reading a shard gives: record batches plus rows that could not even be parsed."""
+    """What reading a shard gives: chunks, plus CSV rows that could not even be parsed."""
 
-    batches: list[pa.RecordBatch]
+    chunks: list[Chunk]
     unparsable: list[tuple[int, str]]
-    """(row number in the file, reason) for malformed lines."""
+    """(row number in the file, reason) for malformed CSV lines."""
 
 
 def read_shard(fs: pafs.FileSystem, shard: Shard, batch_rows: int) -> ShardData:
-    """Read the shard's rows, as record batches of at most ``batch_rows`` rows."""
+    """Read the shard's rows, in chunks of at most ``batch_rows`` rows."""
     f = shard.file
     if f.format == "parquet":
         with fs.open_input_file(f.path) as fh:
             pf = pq.ParquetFile(fh)
             batches = list(pf.iter_batches(batch_size=batch_rows, row_groups=list(shard.row_groups),
                                            use_threads=False))
-        return ShardData(batches, [])
+        return ShardData(_numbered(batches, shard.start, text=False), [])
     with fs.open_input_file(f.path) as fh:
         raw = fh.read_at(shard.byte_stop - shard.byte_start, shard.byte_start)
     if f.format == "csv":
         return _parse_csv(raw, _csv_header(fs, f), shard.start, batch_rows)
-    return _parse_jsonl(raw, shard.start, batch_rows)
+    return _split_jsonl(raw, shard.start, batch_rows)
+
+
+def _numbered(batches: list[pa.RecordBatch], first_row: int, *, text: bool) -> list[Chunk]:
+    chunks = []
+    for b in batches:
+        chunks.append(Chunk(first_row, batch=b, text=text))
+        first_row += b.num_rows
+    return chunks
 
 
 def _parse_csv(raw: bytes, names: list[str], first_row: int, batch_rows: int) -> ShardData:
     bad: list[tuple[int, str]] = []
+    cursor = [0]
 
     def on_invalid(row: Any) -> str:
-        # pyarrow gives the line number only in some versions; -1 means unknown.
-        number = first_row + row.number - 1 if row.number else -1
+        # pyarrow gives the line number only in some versions; otherwise the line is found in the
+        # shard's bytes (malformed lines come in order, so the search resumes where the last ended).
+        if row.number:
+            number = first_row + row.number - 1
+        else:
+            at = raw.find(row.text.encode(), cursor[0])
+            number = first_row + raw.count(b"\n", 0, at) if at >= 0 else -1
+            cursor[0] = at + 1 if at >= 0 else cursor[0]
         bad.append((number, f"malformed CSV line: {row.text[:200]!r}"))
         return "skip"
 
@@ -200,43 +235,34 @@ def _parse_csv(raw: bytes, names: list[str], first_row: int, batch_rows: int) ->
         pa.BufferReader(raw),
         read_options=pacsv.ReadOptions(column_names=names, block_size=16 << 20),
         parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
-        # Every column is read as text; features.py casts and rejects row by row.
+        # Every column is read as text; the input contract reads each cell as a JSON scalar.
         convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
                                              strings_can_be_null=True))
-    return ShardData(table.to_batches(max_chunksize=batch_rows), bad)
+    batches = table.to_batches(max_chunksize=batch_rows)
+    if not bad:
+        return ShardData(_numbered(batches, first_row, text=True), bad)
+    # Rows after a skipped line keep their own row numbers in the file.
+    skipped = {row for row, _ in bad}
+    good = (r for r in range(first_row, first_row + table.num_rows + len(bad)) if r not in skipped)
+    chunks = []
+    for b in batches:
+        rows = [next(good) for _ in range(b.num_rows)]
+        chunks.append(Chunk(rows[0] if rows else first_row, batch=b, text=True, line_rows=rows))
+    return ShardData(chunks, bad)
 
 
-def _parse_jsonl(raw: bytes, first_row: int, batch_rows: int) -> ShardData:
-    import orjson
-
-    rows: list[dict[str, Any]] = []
-    bad: list[tuple[int, str]] = []
+def _split_jsonl(raw: bytes, first_row: int, batch_rows: int) -> ShardData:
+    chunks: list[Chunk] = []
+    lines: list[bytes] = []
+    rows: list[int] = []
     for i, line in enumerate(raw.split(b"\n")):
         if not line.strip():
             continue
-        try:
-            doc = orjson.loads(line)
-        except orjson.JSONDecodeError as e:
-            bad.append((first_row + i, f"malformed JSON line: {e}"))
-            continue
-        if not isinstance(doc, dict):
-            bad.append((first_row + i, "a JSONL line must be an object"))
-            continue
-        rows.append(doc)
-    if not rows:
-        return ShardData([], bad)
-    # Values stay Python objects here; features.py casts column by column and rejects rows.
-    names = list(dict.fromkeys(k for r in rows for k in r))
-    cols = {n: pa.array([_scalar(r.get(n)) for r in rows], type=pa.string()) for n in names}
-    table = pa.table(cols)
-    return ShardData(table.to_batches(max_chunksize=batch_rows), bad)
-
-
-def _scalar(v: Any) -> str | None:
-    if v is None:
-        return None
-    if isinstance(v, str):
-        return v
-    import orjson
-
-    return orjson.dumps(v).decode()
+        lines.append(line)
+        rows.append(first_row + i)
+        if len(lines) == batch_rows:
+            chunks.append(Chunk(rows[0], lines=lines, line_rows=rows))
+            lines, rows = [], []
+    if lines:
+        chunks.append(Chunk(rows[0], lines=lines, line_rows=rows))
+    return ShardData(chunks, [])

@@ -1,4 +1,12 @@
-"""Job outcome callbacks: validated targets, HMAC-signed bodies, retries with backoff.
+"""Job outcome callbacks: validated targets, HMAC-signed bodies, retries by the one retry policy.
+
+    delivered = await deliver(url, body, secret, policy=RetryPolicy(attempts=6, backoff_s=0.5),
+                              allow_private=False)
+
+What is retried is the rule of ``core/retry.py``: connection errors and timeouts, and answers a
+later try may change (HTTP 5xx and 429, raised as :class:`~inferlane.core.errors.Unavailable`).
+Any other answer that is not 2xx (a 4xx, a redirect) is the receiver refusing this body: it is
+logged once and never sent again.
 
 The receiver checks ``Inferlane-Signature: t=<unix seconds>,v1=<hex>`` where ``v1`` is
 HMAC-SHA256(secret, f"{t}.{body}"), and rejects old timestamps to stop replays::
@@ -14,12 +22,12 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-import random
 import socket
 import time
 from urllib.parse import urlparse
 
-from inferlane.core.errors import InvalidInput
+from inferlane.core.errors import InferlaneError, InvalidInput, RetriesExhausted, Unavailable
+from inferlane.core.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "Inferlane-Signature"
@@ -60,31 +68,45 @@ def validate_callback_url(url: str, allow_private: bool) -> None:
                            f"({', '.join(bad)}); allowed only when the server sets callback_allow_private")
 
 
-async def deliver(url: str, body: bytes, secret: bytes | None, *, retries: int, backoff_s: float,
-                  allow_private: bool) -> bool:
-    """POST ``body`` until a 2xx answer or ``retries`` retries; True when delivered."""
+class CallbackRefused(InferlaneError):
+    """The receiver answered with a status a retry cannot change (a 4xx other than 429, a 3xx)."""
+
+
+def _raise_for_status(status: int) -> None:
+    """Nothing for a 2xx; Unavailable (transient) for 5xx and 429; CallbackRefused otherwise."""
+    if 200 <= status < 300:
+        return
+    if status >= 500 or status == 429:
+        raise Unavailable(f"the receiver answered HTTP {status}")
+    raise CallbackRefused(f"the receiver answered HTTP {status}")
+
+
+async def deliver(url: str, body: bytes, secret: bytes | None, *, policy: RetryPolicy, allow_private: bool,
+                  timeout_s: float = 10.0) -> bool:
+    """POST ``body`` until a 2xx answer, retrying what ``policy`` says is transient; True when delivered.
+
+    Never raises: an undelivered callback is logged (the job's state in the store is the record)."""
     import httpx
 
-    for attempt in range(retries + 1):
-        try:
-            # Checked again at delivery: the name may resolve elsewhere now (DNS rebinding).
-            await asyncio.to_thread(validate_callback_url, url, allow_private)
-            headers = {"Content-Type": "application/json", "User-Agent": "inferlane-callback"}
-            if secret:
-                headers[SIGNATURE_HEADER] = sign(secret, body)
-            async with httpx.AsyncClient(timeout=10.0, follow_redirects=False) as client:
-                r = await client.post(url, content=body, headers=headers)
-            if 200 <= r.status_code < 300:
-                return True
-            reason = f"HTTP {r.status_code}"
-        except InvalidInput as e:
-            log.warning("callback to %s refused: %s", url, e.message)
-            return False
-        except httpx.HTTPError as e:
-            reason = f"{type(e).__name__}: {e}"
-        if attempt < retries:
-            delay = backoff_s * (2 ** attempt) * (0.5 + random.random())
-            log.info("callback to %s failed (%s); retry %d/%d in %.2f s", url, reason, attempt + 1, retries, delay)
-            await asyncio.sleep(delay)
-    log.warning("callback to %s not delivered after %d attempts", url, retries + 1)
-    return False
+    async def post() -> None:
+        # Checked again at delivery: the name may resolve elsewhere now (DNS rebinding).
+        await asyncio.to_thread(validate_callback_url, url, allow_private)
+        headers = {"Content-Type": "application/json", "User-Agent": "inferlane-callback"}
+        if secret:
+            headers[SIGNATURE_HEADER] = sign(secret, body)  # signed per attempt: a fresh timestamp
+        async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
+            r = await client.post(url, content=body, headers=headers)
+        _raise_for_status(r.status_code)
+
+    try:
+        await policy.acall(post, what=f"callback to {url}")
+    except InvalidInput as e:
+        log.warning("callback to %s refused: %s", url, e.message)
+        return False
+    except RetriesExhausted as e:
+        log.warning("callback to %s not delivered: %s", url, e.message)
+        return False
+    except Exception as e:  # permanent: CallbackRefused, or an httpx error no retry can fix
+        log.warning("callback to %s not delivered (not retried): %s: %s", url, type(e).__name__, e)
+        return False
+    return True

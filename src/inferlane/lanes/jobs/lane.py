@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 
 from inferlane.core import codec
-from inferlane.core.errors import InvalidInput, ModelNotFound
+from inferlane.core.errors import InvalidInput
 from inferlane.core.metrics import Metrics
+from inferlane.core.retry import RetryPolicy
 from inferlane.lanes.jobs.callbacks import validate_callback_url
+from inferlane.lanes.jobs.metrics import JobsMetrics
 from inferlane.rollout.registry import ModelRegistry
 from inferlane.store.jobs import JobRecord, JobStatus, JobStore
 
@@ -38,9 +40,11 @@ class JobsSettings:
     expire_interval_s: float = 30.0
     """How often a worker's housekeeping turns finished jobs past their TTL into expired tombstones."""
     max_attempts: int = 3
-    """Attempts before a job is dead-lettered (status failed)."""
+    """Attempts before a job is dead-lettered (status failed); only transient failures use more than one."""
     retry_backoff_s: float = 1.0
     """First retry delay; doubles each attempt (with jitter)."""
+    retry_max_backoff_s: float = 300.0
+    """No delay between two attempts of a job is longer than this."""
     job_timeout_s: float = 300.0
     """Deadline for one attempt's inference."""
     inline_result_max_bytes: int = 1 << 20
@@ -58,11 +62,22 @@ class JobsSettings:
     callback_allow_private: bool = False
     """Allow callbacks to loopback/private addresses (tests, trusted networks)."""
     callback_retries: int = 5
+    """Retries of a callback after a connection error, a timeout, or an HTTP 5xx or 429 answer."""
     callback_backoff_s: float = 0.5
+    """First callback retry delay; doubles each retry (with jitter)."""
     workers: int = 4
     """Jobs one process runs at once (0: this process only accepts jobs)."""
     poll_interval_s: float = 0.25
     """Idle wait between claims when another process may have queued jobs."""
+
+    def retry_policy(self) -> RetryPolicy:
+        """The backoff between a job's attempts; the job's own attempt counter bounds them."""
+        return RetryPolicy(attempts=self.max_attempts, backoff_s=self.retry_backoff_s,
+                           max_backoff_s=self.retry_max_backoff_s)
+
+    def callback_policy(self) -> RetryPolicy:
+        """How a callback is retried: ``callback_retries`` retries after the first try."""
+        return RetryPolicy(attempts=self.callback_retries + 1, backoff_s=self.callback_backoff_s)
 
 
 class JobsLane:
@@ -71,6 +86,7 @@ class JobsLane:
         self.store = store
         self.settings = settings
         self.metrics = metrics
+        self.jobs_metrics = JobsMetrics(metrics)
         self.new_job = asyncio.Event()
         """Set on every local submit so local workers claim at once instead of waiting a poll."""
 
@@ -79,11 +95,7 @@ class JobsLane:
                      parameters: Mapping[str, Any] | None = None, idempotency_key: str | None = None,
                      callback_url: str | None = None, output_uri: str | None = None) -> tuple[JobRecord, bool]:
         """Validate and store a job; (job, created). The same idempotency key returns the same job."""
-        entry = self.registry.entries.get(model)
-        if entry is None:
-            raise ModelNotFound(f"unknown model {model!r}")
-        if version is not None and version not in entry.versions:
-            raise ModelNotFound(f"model {model!r} has no version {version!r} (versions: {list(entry.versions)})")
+        self.registry.resolve(model, version)  # ModelNotFound for an unknown model or version
         if (inputs is None) == (input_uri is None):
             raise InvalidInput("a job needs either inputs or input_uri (not both)")
         if idempotency_key is not None and not 0 < len(idempotency_key) <= 256:

@@ -1,4 +1,5 @@
-"""Prometheus series of the stream lane, labelled by model and version.
+"""Prometheus series of the stream lane, labelled by model, version and lane="stream" like every
+series (core/metrics.py), registered through ``Metrics.register``.
 
 At 100k events/s, observing each event's latency through a prometheus_client Histogram would cost
 more than scoring it, so this collector keeps its own counts in numpy and observes a whole batch
@@ -19,8 +20,9 @@ import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from inferlane.core.metrics import LABELS, Metrics
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -51,8 +53,11 @@ def _le(b: float) -> str:
 
 
 class StreamMetrics:
-    def __init__(self, model: str, version: str, registry: CollectorRegistry | None = None) -> None:
-        self.labels = [model, version]
+    """Every update and every read holds the one lock: the consumer, scorer and writer threads and
+    the Prometheus scrape thread all touch it."""
+
+    def __init__(self, model: str, version: str, metrics: Metrics | None = None) -> None:
+        self.labels = [model, version, "stream"]
         self._lock = threading.Lock()
         self.events = {"in": 0, "out": 0, "dead_lettered": 0}
         self.sink_retries = 0
@@ -62,9 +67,8 @@ class StreamMetrics:
         self.event_time_lag_s = 0.0
         self.inflight = 0
         self.paused = False
-        self.registry = registry
-        if registry is not None:
-            registry.register(self)
+        if metrics is not None:
+            metrics.register(self)
 
     # Updates (collector and writer threads) --------------------------------------------------------
     def on_consumed(self, n: int) -> None:
@@ -83,6 +87,18 @@ class StreamMetrics:
             if len(event_ms):
                 self.latency.observe(np.maximum(acked_s - event_ms / 1000.0, 0.0))
 
+    def set_inflight(self, n: int) -> None:
+        with self._lock:
+            self.inflight = n
+
+    def set_paused(self, paused: bool) -> None:
+        with self._lock:
+            self.paused = paused
+
+    def on_sink_retry(self) -> None:
+        with self._lock:
+            self.sink_retries += 1
+
     def set_lag(self, lag: dict[str, int]) -> None:
         with self._lock:
             self.lag = dict(lag)
@@ -94,7 +110,7 @@ class StreamMetrics:
 
     # Prometheus --------------------------------------------------------------------------------
     def collect(self) -> Iterator[Metric]:
-        labels = ["model", "version"]
+        labels = list(LABELS)
         with self._lock:
             ev = CounterMetricFamily("inferlane_stream_events", "Events by outcome",
                                      labels=[*labels, "outcome"])

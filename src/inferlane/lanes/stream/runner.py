@@ -33,9 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from inferlane.core.errors import BatchSizeMismatch, ConfigError
+from inferlane.core.errors import ConfigError
+from inferlane.core.inputs import RecordDecoder
 from inferlane.core.model import ModelVersion
-from inferlane.lanes.stream.decode import EventDecoder
+from inferlane.core.retry import RetryPolicy, is_transient
 from inferlane.lanes.stream.metrics import StreamMetrics
 from inferlane.lanes.stream.sinks import DeadLetter, DeadLetters, Scored, Sink
 from inferlane.lanes.stream.sources import Event, Positions, Source
@@ -58,7 +59,9 @@ class StreamSettings:
     pause_after_s: float = 5.0
     """Backpressure longer than this pauses the source (Kafka: paused partitions, still polled)."""
     retry_backoff_s: float = 0.2
-    """First pause before retrying a failed sink write; doubles up to 5 s, forever."""
+    """First pause before retrying a failed sink write; doubles up to 5 s."""
+    sink_retry_s: float = 120.0
+    """How long transient sink failures are retried before the lane stops with the error."""
     lag_interval_s: float = 1.0
     log_interval_s: float = 10.0
 
@@ -69,6 +72,8 @@ class StreamSettings:
             raise ConfigError(f"--max-wait-ms {self.max_wait_ms}: between 0 and 600000")
         if self.max_inflight < 1:
             raise ConfigError(f"--max-inflight {self.max_inflight}: at least 1")
+        if self.sink_retry_s < 0:
+            raise ConfigError(f"--sink-retry-s {self.sink_retry_s}: 0 or more")
 
 
 @dataclass(slots=True)
@@ -87,7 +92,7 @@ _STOP = object()
 
 
 class StreamRunner:
-    def __init__(self, model: ModelVersion, decoder: EventDecoder, source: Source, sink: Sink,
+    def __init__(self, model: ModelVersion, decoder: RecordDecoder, source: Source, sink: Sink,
                  dead_letters: DeadLetters, settings: StreamSettings | None = None,
                  metrics: StreamMetrics | None = None) -> None:
         self.model = model
@@ -145,7 +150,7 @@ class StreamRunner:
                 if self._blocked_since is not None:
                     self._blocked_since = None
                     last_event = now  # nothing was read while blocked: that was not idle time
-                    self.metrics.paused = False
+                    self.metrics.set_paused(False)
                     if self._source_paused:
                         self.source.resume()
                         self._source_paused = False
@@ -192,7 +197,7 @@ class StreamRunner:
         polled, to keep the group membership — only when the wait gets long."""
         if self._blocked_since is None:
             self._blocked_since = now
-            self.metrics.paused = True
+            self.metrics.set_paused(True)
         if now - self._blocked_since >= self.settings.pause_after_s:
             if not self._source_paused:
                 self.source.pause()
@@ -208,7 +213,7 @@ class StreamRunner:
         work = _Work(batch, self.source.positions(batch))
         with self._cond:
             self._inflight += 1
-            self.metrics.inflight = self._inflight
+            self.metrics.set_inflight(self._inflight)
         self._batches += 1
         self._scoring.put(work)
 
@@ -279,14 +284,15 @@ class StreamRunner:
         self.metrics.on_batch(len(events), min(e.ts_ms for e in events), time.time())
         work.dead = [DeadLetter(events[i], "decode", reason) for i, reason in decoded.rejects]
         outputs, failures = self._forward(decoded.inputs, len(decoded.index))
-        index, keys = decoded.index, decoded.keys
+        key_field = self.decoder.key[0]
+        index, keys = decoded.index, decoded.keys[key_field]
         if failures:
             failed = {j for j, _ in failures}
             work.dead.extend(DeadLetter(events[index[j]], "score", err) for j, err in failures)
             keep = [j for j in range(len(index)) if j not in failed]
             index = [index[j] for j in keep]
             keys = [keys[j] for j in keep]
-        work.scored = Scored(self.model.name, self.model.version, self.decoder.key, keys, outputs,
+        work.scored = Scored(self.model.name, self.model.version, key_field, keys, outputs,
                              [events[i].ts_ms for i in index])
         self._writing.put(work)
 
@@ -295,11 +301,7 @@ class StreamRunner:
         if rows == 0:
             return {s.name: np.zeros((0,), dtype=np.float32) for s in self.model.config.outputs}, []
         try:
-            out = self.model.forward(inputs)
-            for name, arr in out.items():
-                if len(arr) != rows:
-                    raise BatchSizeMismatch(name, rows, len(arr))
-            return out, []
+            return self.model.score(inputs, self.settings.max_batch), []
         except Exception as e:  # one event may break a whole batch: find it
             if rows == 1:
                 return {}, [(0, f"{type(e).__name__}: {e}"[:1000])]
@@ -326,25 +328,30 @@ class StreamRunner:
         with self._cond:
             self._done.extend(w.positions for w in works)
             self._inflight -= len(works)
-            self.metrics.inflight = self._inflight
+            self.metrics.set_inflight(self._inflight)
             self._cond.notify_all()
 
     def _retry(self, write: Callable[[], None], what: str) -> None:
-        delay = self.settings.retry_backoff_s
-        while True:
-            try:
-                write()
-                return
-            except ConfigError:
-                raise
-            except Exception as e:  # never commit past an unwritten batch: retry
-                if self._abort.is_set():
-                    raise _Aborted from e
-                self.metrics.sink_retries += 1
-                log.warning("write to %s failed (%s: %s); retrying in %.1f s", what, type(e).__name__, e, delay)
-                if self._abort.wait(delay):
-                    raise _Aborted from e
-                delay = min(delay * 2, 5.0)
+        """Write under the one retry policy (core/retry.py): transient failures are retried with
+        backoff for at most ``sink_retry_s``, then the lane stops with the error; a permanent one
+        stops it at once. Either way nothing unwritten is committed. A stop request ends the wait."""
+        def on_retry(n: int, e: BaseException, delay: float) -> None:
+            self.metrics.on_sink_retry()
+
+        def sleep(seconds: float) -> None:
+            if self._abort.wait(seconds):
+                raise _Aborted
+
+        policy = RetryPolicy(attempts=None, backoff_s=self.settings.retry_backoff_s, max_backoff_s=5.0,
+                             give_up_after_s=self.settings.sink_retry_s)
+        try:
+            policy.call(write, what=f"write to {what}", on_retry=on_retry, sleep=sleep)
+        except _Aborted:
+            raise
+        except Exception as e:
+            if self._abort.is_set() and is_transient(e):
+                raise _Aborted from e
+            raise
 
 
 def tune_gc() -> None:

@@ -9,9 +9,12 @@ per key) a re-delivered event overwrites its earlier output instead of adding on
     {"id": 17, "model_name": "fraud", "model_version": "1", "probabilities": [0.93, 0.07],
      "event_time_ms": 1764000000123, "scored_at_ms": 1764000000190}
 
-Table outputs are the batch lane's sinks — a Parquet folder, ``sqlite:///file.db`` or
-``postgresql://...`` — with the primary key (input key, model_version), so a database upserts a
+Table outputs are the shared table writers (store/tables) — a Parquet folder, ``sqlite:///file.db``
+or ``postgresql://...`` — with the primary key (input key, model_version), so a database upserts a
 re-delivered event; a folder gets one part per micro-batch.
+
+A failed write raises SinkError, which says whether a retry can help (core/retry.py decides, from
+the error underneath): the runner retries transient ones within its budget and stops on the rest.
 
 Dead letters (``--dlq``): a Kafka topic, a Redis stream, or a ``.jsonl`` file, one JSON object per
 event with the error, the stage that failed and the original payload.
@@ -27,17 +30,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
-from urllib.parse import urlparse
 
 import numpy as np
 import orjson
 
-from inferlane.core.errors import ConfigError
-from inferlane.lanes.stream.sources import Event, _split_url, kafka_bootstrap, redis_client, require_topics
+from inferlane.core.errors import ConfigError, InferlaneError
+from inferlane.core.retry import is_transient
+from inferlane.core.urls import kafka_url, redis_url, scheme
+from inferlane.lanes.stream.sources import Event, require_topics
+from inferlane.store.tables import open_row_writer, scored_table
 
 
-class SinkError(RuntimeError):
-    """The destination did not acknowledge a write; the runner retries it."""
+class SinkError(InferlaneError):
+    """The destination did not acknowledge a write; ``transient`` says whether a retry can help."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(slots=True)
@@ -82,13 +91,13 @@ class KafkaWriter:
     def __init__(self, url: str, what: str) -> None:
         from confluent_kafka import Producer
 
-        parsed, topics, extra = _split_url(url, what)
-        if len(topics) != 1:
+        target = kafka_url(url, what)
+        if len(target.names) != 1:
             raise ConfigError(f"{what} {url}: one topic")
-        self.topic = topics[0]
-        self.description = f"Kafka {kafka_bootstrap(parsed)} topic {self.topic}"
+        self.topic = target.names[0]
+        self.description = f"Kafka {target.bootstrap} topic {self.topic}"
         conf: dict[str, Any] = {
-            "bootstrap.servers": kafka_bootstrap(parsed),
+            "bootstrap.servers": target.bootstrap,
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": 2,
@@ -96,16 +105,18 @@ class KafkaWriter:
             "delivery.report.only.error": True,  # no Python callback per record on the happy path
             "on_delivery": self._delivered,
         }
-        conf.update(extra)
-        self._errors: list[str] = []
+        conf.update(target.settings)
+        self._errors: list[Any] = []
         self._producer = Producer(conf)
         require_topics(self._producer, [self.topic], f"{what} {url}")
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
-            self._errors.append(str(err))
+            self._errors.append(err)
 
     def write(self, records: list[tuple[bytes | None, bytes]]) -> None:
+        from confluent_kafka import KafkaException
+
         produce = self._producer.produce
         topic = self.topic
         for key, value in records:
@@ -115,11 +126,16 @@ class KafkaWriter:
                     break
                 except BufferError:  # the local queue is full: let deliveries drain it
                     self._producer.poll(0.05)
+                except KafkaException as e:  # refused before sending (e.g. a message over message.max.bytes)
+                    self._producer.flush(10)
+                    raise SinkError(f"{self.description}: {e}", transient=is_transient(e)) from e
         left = self._producer.flush(60)
         if left or self._errors:
             errors, self._errors = self._errors, []
+            # Undelivered in time (a broker away) is worth a retry; a delivery error says itself.
+            transient = all(bool(e.retriable()) for e in errors)
             raise SinkError(f"{self.description}: {left} record(s) not delivered"
-                            + (f"; {len(errors)} failed: {errors[0]}" if errors else ""))
+                            + (f"; {len(errors)} failed: {errors[0]}" if errors else ""), transient=transient)
 
     def close(self) -> None:
         self._producer.flush(10)
@@ -131,16 +147,17 @@ class RedisStreamWriter:
     def __init__(self, url: str, what: str) -> None:
         import redis
 
-        parsed, streams, query = _split_url(url, what)
-        if len(streams) != 1:
+        target = redis_url(url, what, name="required")
+        assert target.name is not None
+        if "," in target.name:
             raise ConfigError(f"{what} {url}: one stream")
-        self.stream = streams[0]
+        self.stream = target.name
         try:
-            self.maxlen = int(query["maxlen"]) if "maxlen" in query else None
+            self.maxlen = int(target.params["maxlen"]) if "maxlen" in target.params else None
         except ValueError as e:
             raise ConfigError(f"{what} {url}: maxlen= takes a number") from e
-        self.description = f"Redis {parsed.hostname}:{parsed.port or 6379} stream {self.stream}"
-        self._r = redis_client(parsed, query)
+        self.description = f"Redis {target.host}:{target.port} stream {self.stream}"
+        self._r = target.client()
         try:
             self._r.ping()  # fail at startup, not with a write retried forever
         except redis.RedisError as e:
@@ -157,7 +174,7 @@ class RedisStreamWriter:
         try:
             pipe.execute()
         except redis.RedisError as e:
-            raise SinkError(f"{self.description}: {e}") from e
+            raise SinkError(f"{self.description}: {e}", transient=is_transient(e)) from e
 
     def close(self) -> None:
         self._r.close()
@@ -223,40 +240,29 @@ class RecordSink:
 
 
 class TableSink:
-    """Scored events as rows of a batch-lane sink (Parquet folder, SQLite, PostgreSQL)."""
+    """Scored events as rows of a table writer (Parquet folder, SQLite, PostgreSQL), keyed by
+    (key, model_version)."""
 
-    def __init__(self, url: str, key_field: str, group: str, model: str, table: str | None) -> None:
-        from inferlane.lanes.batch.sinks import open_sink
-
+    def __init__(self, url: str, key_field: str, table: str | None) -> None:
         self.key_field = key_field
-        self._sink = open_sink(url, job_id=f"stream-{group}", fingerprint=f"stream {model}",
-                               key=[key_field, "model_version"], table=table,
-                               rejects_dir=Path(".inferlane") / "stream" / group / "rejects", flag="--sink")
-        self.description = self._sink.description
+        self._writer = open_row_writer(url, key=[key_field, "model_version"], table=table, flag="--sink")
+        self.description = self._writer.description
 
     def write(self, batch: Scored) -> None:
         import pyarrow as pa
 
-        from inferlane.lanes.batch.features import to_arrow
-
-        rows = len(batch.keys)
-        keys = batch.keys if all(type(k) is int for k in batch.keys) else [str(k) for k in batch.keys]
-        cols: dict[str, Any] = {self.key_field: pa.array(keys)}
-        for name, arr in batch.outputs.items():
-            cols[name] = to_arrow(arr)
-        cols["model_name"] = pa.repeat(pa.scalar(batch.model, pa.string()), rows)
-        cols["model_version"] = pa.repeat(pa.scalar(batch.version, pa.string()), rows)
-        cols["event_time"] = pa.array(np.asarray(batch.event_ms, dtype="datetime64[ms]"), pa.timestamp("ms", "UTC"))
-        cols["scored_at"] = pa.repeat(pa.scalar(datetime.now(UTC), pa.timestamp("us", "UTC")), rows)
+        event_time = pa.array(np.asarray(batch.event_ms, dtype="datetime64[ms]"), pa.timestamp("ms", "UTC"))
+        table = scored_table({self.key_field: batch.keys}, batch.outputs, model=batch.model, version=batch.version,
+                             scored_at=datetime.now(UTC), extra={"event_time": event_time})
         try:
-            self._sink.append(pa.table(cols))
+            self._writer.write(table)
         except ConfigError:
             raise
-        except Exception as e:  # database and disk errors: the runner retries
-            raise SinkError(f"{self.description}: {type(e).__name__}: {e}") from e
+        except Exception as e:  # database and disk errors: the runner retries the transient ones
+            raise SinkError(f"{self.description}: {type(e).__name__}: {e}", transient=is_transient(e)) from e
 
     def close(self) -> None:
-        self._sink.close()
+        self._writer.close()
 
 
 class DeadLetters:
@@ -293,19 +299,19 @@ def _text(raw: bytes | None) -> str | None:
 
 
 def record_writer(url: str, what: str) -> RecordWriter | None:
-    scheme = urlparse(url).scheme
-    if scheme == "kafka":
+    kind = scheme(url)
+    if kind == "kafka":
         return KafkaWriter(url, what)
-    if scheme in ("redis", "rediss"):
+    if kind in ("redis", "rediss"):
         return RedisStreamWriter(url, what)
     return None
 
 
-def open_stream_sink(url: str, *, key_field: str, group: str, model: str, table: str | None = None) -> Sink:
+def open_stream_sink(url: str, *, key_field: str, table: str | None = None) -> Sink:
     writer = record_writer(url, "--sink")
     if writer is not None:
         return RecordSink(writer)
-    return TableSink(url, key_field, group, model, table)
+    return TableSink(url, key_field, table)
 
 
 def open_dead_letters(url: str | None, *, group: str, model: str, version: str) -> DeadLetters:
@@ -314,8 +320,9 @@ def open_dead_letters(url: str | None, *, group: str, model: str, version: str) 
         return DeadLetters(JsonlWriter(Path(".inferlane") / "stream" / group / "dead-letters.jsonl"), model, version)
     writer = record_writer(url, "--dlq")
     if writer is None:
-        parsed = urlparse(url)
-        if parsed.scheme not in ("", "file") or not parsed.path.endswith(".jsonl"):
+        kind = scheme(url)
+        path = url[len("file://"):] if kind == "file" else url
+        if kind not in ("", "file") or not path.endswith(".jsonl"):
             raise ConfigError(f"--dlq {url}: use kafka://host:port/topic, redis://host:port/stream or a .jsonl file")
-        writer = JsonlWriter(Path(parsed.path if parsed.scheme == "file" else url))
+        writer = JsonlWriter(Path(path))
     return DeadLetters(writer, model, version)

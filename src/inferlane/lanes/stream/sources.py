@@ -10,8 +10,10 @@ URLs:
 
 - ``kafka://host:port[,host:port]/topic[,topic]?<librdkafka setting>=<value>&...`` — any consumer
   setting can ride along in the query (``security.protocol``, ``session.timeout.ms``, ...).
-- ``redis://[user:password@]host:port/stream?db=0&field=data`` (``rediss://`` for TLS): each entry
+- ``redis://[user:password@]host:port[/db]/stream?field=data`` (``rediss://`` for TLS): each entry
   holds the JSON event in one field (``data`` unless ``field=`` says otherwise).
+
+Both are parsed by core/urls.py, with the rules every lane shares.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import socket
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
-from urllib.parse import parse_qsl, unquote, urlparse
 
 from inferlane.core.errors import ConfigError
+from inferlane.core.urls import kafka_url, redis_url, scheme
 
 log = logging.getLogger("inferlane.stream")
 
@@ -74,18 +76,6 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-def _split_url(url: str, what: str) -> tuple[Any, list[str], dict[str, str]]:
-    parsed = urlparse(url)
-    names = [unquote(n) for n in parsed.path.strip("/").split(",") if n]
-    if not parsed.hostname or not names:
-        raise ConfigError(f"{what} {url}: write {parsed.scheme or 'kafka'}://host:port/name")
-    return parsed, names, dict(parse_qsl(parsed.query))
-
-
-def kafka_bootstrap(parsed: Any) -> str:
-    return str(parsed.netloc.rsplit("@", 1)[-1])
-
-
 def require_topics(client: Any, topics: list[str], label: str) -> None:
     """ConfigError unless the broker answers and has every topic (the lane never creates one)."""
     try:
@@ -103,12 +93,13 @@ class KafkaSource:
     def __init__(self, url: str, group: str, *, start: str = "earliest", max_wait_ms: int = 50) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
-        parsed, topics, extra = _split_url(url, "--source")
+        target = kafka_url(url, "--source")
+        topics = target.names
         self._tp = TopicPartition
         self.topics = topics
-        self.description = f"Kafka {kafka_bootstrap(parsed)} topic(s) {','.join(topics)} group {group}"
+        self.description = f"Kafka {target.bootstrap} topic(s) {','.join(topics)} group {group}"
         conf: dict[str, Any] = {
-            "bootstrap.servers": kafka_bootstrap(parsed),
+            "bootstrap.servers": target.bootstrap,
             "group.id": group,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
@@ -121,7 +112,7 @@ class KafkaSource:
             "fetch.queue.backoff.ms": 10,
             "client.id": f"inferlane-{socket.gethostname()}-{os.getpid()}",
         }
-        conf.update(extra)
+        conf.update(target.settings)
         self.on_revoke: Callable[[], None] | None = None
         self._paused = False
         self._held: list[Event] = []
@@ -242,20 +233,6 @@ class KafkaSource:
         self._consumer.close()  # leaves the group: its partitions move to the others at once
 
 
-def redis_client(parsed: Any, query: dict[str, str]) -> Any:
-    import redis
-
-    try:
-        db = int(query.get("db", "0"))
-    except ValueError as e:
-        raise ConfigError(f"db={query['db']}: a database number") from e
-    return redis.Redis(host=parsed.hostname, port=parsed.port or 6379, db=db,
-                       username=unquote(parsed.username) if parsed.username else None,
-                       password=unquote(parsed.password) if parsed.password else None,
-                       ssl=parsed.scheme == "rediss", socket_connect_timeout=5, socket_timeout=30,
-                       health_check_interval=30)
-
-
 class RedisStreamSource:
     """XREADGROUP/XACK on one stream; entries left pending by a dead consumer are taken over with
     XAUTOCLAIM once idle for ``claim_idle_ms``, and this consumer's own pending entries (a restart
@@ -265,18 +242,19 @@ class RedisStreamSource:
                  claim_idle_ms: int = 30_000) -> None:
         import redis
 
-        parsed, streams, query = _split_url(url, "--source")
-        if len(streams) != 1:
+        target = redis_url(url, "--source", name="required")
+        assert target.name is not None
+        if "," in target.name:
             raise ConfigError(f"--source {url}: one Redis stream per source")
-        self.stream = streams[0]
+        self.stream = target.name
         self.group = group
-        self.field = query.get("field", "data").encode()
+        self.field = target.params.get("field", "data").encode()
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.claim_idle_ms = claim_idle_ms
-        self.description = (f"Redis {parsed.hostname}:{parsed.port or 6379} stream {self.stream} group {group} "
+        self.description = (f"Redis {target.host}:{target.port} stream {self.stream} group {group} "
                             f"consumer {self.consumer}")
         self.on_revoke: Callable[[], None] | None = None
-        self._r = redis_client(parsed, query)
+        self._r = target.client()
         self._own_pending: bytes | None = b"0"  # re-read our own pending entries first
         self._claim_cursor = b"0-0"
         self._next_claim = 0.0
@@ -381,9 +359,9 @@ def open_source(url: str, group: str, *, start: str = "earliest", max_wait_ms: i
         raise ConfigError("--group: name the consumer group (instances with one group share the work)")
     if start not in ("earliest", "latest"):
         raise ConfigError(f"--start {start}: earliest or latest")
-    scheme = urlparse(url).scheme
-    if scheme == "kafka":
+    kind = scheme(url)
+    if kind == "kafka":
         return KafkaSource(url, group, start=start, max_wait_ms=max_wait_ms)
-    if scheme in ("redis", "rediss"):
+    if kind in ("redis", "rediss"):
         return RedisStreamSource(url, group, start=start, consumer=consumer, claim_idle_ms=claim_idle_ms)
     raise ConfigError(f"--source {url}: use kafka://host:port/topic or redis://host:port/stream")

@@ -148,6 +148,15 @@ RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(JobRecord))
 
 
 @dataclass(frozen=True, slots=True)
+class ModelBacklog:
+    """One model's share of the queue (the store queues by model, whatever the version asked)."""
+
+    backlog: int
+    running: int
+    oldest_queued_age_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class JobStats:
     """A snapshot for metrics and autoscaling (queue depth, lag)."""
 
@@ -158,6 +167,8 @@ class JobStats:
     """How long the longest-claimable queued job has been claimable (``now - available_at``); 0 if none."""
     by_status: dict[JobStatus, int]
     """Count per status; every status present."""
+    by_model: dict[str, ModelBacklog]
+    """Per model with queued or running jobs: its backlog, running jobs and oldest claimable age."""
 
 
 class JobStore(Protocol):

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from inferlane.core.errors import ConfigError
+from inferlane.core.urls import sqlite_url
 from inferlane.store.jobs.base import JobStore
 
 ACCEPTED = ("sqlite:///relative/path.db, sqlite:////absolute/path.db, a bare file path, "
@@ -21,14 +22,17 @@ def open_job_store(url: str) -> JobStore:
         from inferlane.store.jobs.redis import RedisJobStore
 
         return RedisJobStore(url)
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
+    if url.startswith("sqlite:"):
+        try:
+            path = str(sqlite_url(url, "jobs store").path)
+        except ConfigError as e:
+            raise ConfigError(f"{e.message}; use {ACCEPTED}") from None
     elif "://" not in url and url.strip():
         path = url
+        if path.endswith("/"):
+            raise ConfigError(f"job store URL {url!r} names no file; use {ACCEPTED}")
     else:
         raise ConfigError(f"job store URL {url!r} is not supported; use {ACCEPTED}")
-    if not path or path.endswith("/"):
-        raise ConfigError(f"job store URL {url!r} names no file; use {ACCEPTED}")
     from inferlane.store.jobs.sqlite import SqliteJobStore
 
     return SqliteJobStore(path)

@@ -30,7 +30,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 from inferlane.core.errors import ConfigError, Unavailable
-from inferlane.store.jobs.base import DEFAULT_TTL_S, RECORD_FIELDS, JobRecord, JobStats, JobStatus
+from inferlane.core.urls import redis_url
+from inferlane.store.jobs.base import DEFAULT_TTL_S, RECORD_FIELDS, JobRecord, JobStats, JobStatus, ModelBacklog
 
 if TYPE_CHECKING:
     import redis
@@ -204,12 +205,16 @@ return {#ids, expired}
 _STATS = """
 local counts = {}
 for i = 2, #ARGV do counts[#counts + 1] = redis.call('ZCARD', P .. ':by-status:' .. ARGV[i]) end
-local oldest = ''
+local models = {}
 for _, m in ipairs(redis.call('SMEMBERS', P .. ':models')) do
-  local q = redis.call('ZRANGE', P .. ':queued:' .. m, 0, 0, 'WITHSCORES')
-  if q[1] and (oldest == '' or tonumber(q[2]) < tonumber(oldest)) then oldest = q[2] end
+  local queued = redis.call('ZCARD', P .. ':queued:' .. m)
+  local running = redis.call('ZCARD', P .. ':running:' .. m)
+  if queued > 0 or running > 0 then
+    local q = redis.call('ZRANGE', P .. ':queued:' .. m, 0, 0, 'WITHSCORES')
+    models[#models + 1] = {m, queued, running, q[2] or ''}
+  end
 end
-return {counts, oldest}
+return {counts, models}
 """
 
 _EXPIRE_BATCH = 500
@@ -274,11 +279,13 @@ class RedisJobStore:
         except ImportError:
             raise ConfigError(INSTALL_REDIS) from None
         self._errors: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError)
-        # NOTE: timeouts so that a hung server fails a call (503) instead of hanging a lane thread;
-        # options in the URL's query string win over these.
-        self._redis: redis.Redis = redis.Redis.from_url(url, socket_timeout=30.0, socket_connect_timeout=5.0,
-                                                        health_check_interval=30)
-        self._prefix = prefix
+        target = redis_url(url, "jobs store", name="forbidden")
+        unknown = sorted(set(target.params) - {"prefix"})
+        if unknown:
+            raise ConfigError(f"jobs store {url}: unknown parameter(s) {unknown}; the one parameter is ?prefix=")
+        # NOTE: the client's timeouts make a hung server fail a call (503) instead of hanging a lane thread.
+        self._redis: redis.Redis = target.client()
+        self._prefix = target.params.get("prefix") or prefix
         self._submit = self._redis.register_script(_PRELUDE + _SUBMIT)
         self._claim = self._redis.register_script(_PRELUDE + _CLAIM)
         self._extend = self._redis.register_script(_PRELUDE + _EXTEND)
@@ -384,11 +391,13 @@ class RedisJobStore:
     def stats(self, now: float) -> JobStats:
         statuses = list(JobStatus)
         with self._reachable():
-            counts, oldest = self._stats(args=[self._prefix, *(s.value for s in statuses)])
+            counts, models = self._stats(args=[self._prefix, *(s.value for s in statuses)])
         by_status = {s: int(n) for s, n in zip(statuses, counts, strict=True)}
-        age = max(0.0, now - float(oldest)) if oldest else 0.0
+        by_model = {(m.decode() if isinstance(m, bytes) else str(m)): ModelBacklog(
+            int(q), int(r), max(0.0, now - float(o)) if o else 0.0) for m, q, r, o in models}
+        age = max((b.oldest_queued_age_s for b in by_model.values()), default=0.0)
         return JobStats(backlog=by_status[JobStatus.QUEUED], running=by_status[JobStatus.RUNNING],
-                        oldest_queued_age_s=age, by_status=by_status)
+                        oldest_queued_age_s=age, by_status=by_status, by_model=by_model)
 
     def close(self) -> None:
         self._redis.close()

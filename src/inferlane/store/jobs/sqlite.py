@@ -27,6 +27,7 @@ from inferlane.store.jobs.base import (
     JobRecord,
     JobStats,
     JobStatus,
+    ModelBacklog,
     lost_lease_error,
 )
 
@@ -263,11 +264,16 @@ class SqliteJobStore:
     def stats(self, now: float) -> JobStats:
         with self._read() as c:
             counts = dict(c.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
-            (oldest,) = c.execute("SELECT MIN(available_at) FROM jobs WHERE status = 'queued'").fetchone()
+            per_model = c.execute(
+                "SELECT model, SUM(status = 'queued'), SUM(status = 'running'), "
+                "MIN(CASE WHEN status = 'queued' THEN available_at END) FROM jobs "
+                "WHERE status IN ('queued', 'running') GROUP BY model").fetchall()
         by_status = {s: int(counts.get(s.value, 0)) for s in JobStatus}
-        age = 0.0 if oldest is None else max(0.0, now - float(oldest))
+        by_model = {m: ModelBacklog(int(q), int(r), 0.0 if o is None else max(0.0, now - float(o)))
+                    for m, q, r, o in per_model}
+        age = max((b.oldest_queued_age_s for b in by_model.values()), default=0.0)
         return JobStats(backlog=by_status[JobStatus.QUEUED], running=by_status[JobStatus.RUNNING],
-                        oldest_queued_age_s=age, by_status=by_status)
+                        oldest_queued_age_s=age, by_status=by_status, by_model=by_model)
 
     def close(self) -> None:
         """Close the connection (again is harmless)."""

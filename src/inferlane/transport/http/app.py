@@ -22,12 +22,8 @@ from starlette.types import Receive, Scope, Send
 
 from inferlane import __version__
 from inferlane.core import codec
-from inferlane.core.errors import (
-    InferlaneError,
-    InvalidInput,
-    ModelNotFound,
-    QueueFull,
-)
+from inferlane.core.errors import InferlaneError, InvalidInput, QueueFull
+from inferlane.core.repository import ModelEntry
 from inferlane.core.spec import ModelConfig
 from inferlane.lanes.jobs import JobsLane
 from inferlane.lanes.online import OnlineLane, OnlineResult
@@ -140,15 +136,8 @@ def build_http_app(lane: OnlineLane,
     registry = lane.registry
     metrics = lane.metrics
 
-    def entry(request: Request) -> Any:
-        name = request.path_params["name"]
-        e = registry.entries.get(name)
-        if e is None:
-            raise ModelNotFound(f"unknown model {name!r}")
-        v = request.path_params.get("version")
-        if v is not None and v not in e.versions:
-            raise ModelNotFound(f"model {name!r} has no version {v!r} "
-                                f"(versions: {list(e.versions)})")
+    def entry(request: Request) -> ModelEntry:
+        e, _ = registry.resolve(request.path_params["name"], request.path_params.get("version"))
         return e
 
     async def server_metadata(request: Request) -> Response:

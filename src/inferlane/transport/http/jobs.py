@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from inferlane.core import codec
-from inferlane.core.errors import Conflict, InvalidInput, ModelNotFound, NotFound
+from inferlane.core.errors import Conflict, InvalidInput, NotFound
 from inferlane.lanes.jobs import JobsLane
 from inferlane.store.jobs import JobRecord, JobStatus
 from inferlane.transport.http.body import header_int, read_body
@@ -34,9 +34,7 @@ def job_routes(lane: JobsLane, body_timeout_s: float) -> list[Route]:
 
     async def submit(request: Request) -> Response:
         name = request.path_params["name"]
-        entry = lane.registry.entries.get(name)
-        if entry is None:
-            raise ModelNotFound(f"unknown model {name!r}")
+        entry, _ = lane.registry.resolve(name, request.path_params.get("version"))
         body = await read_body(request, entry.config.limits.max_request_bytes, body_timeout_s)
         header_length = header_int(request, codec.HEADER_LENGTH)
         try:

@@ -1,64 +1,63 @@
-"""PostgreSQL output of the batch lane (psycopg 3).
+"""PostgreSQL tables (psycopg 3): rows are COPYed into a temp table and upserted from it
+(``INSERT ... SELECT ... ON CONFLICT DO UPDATE``) in one transaction; identifiers are quoted by
+``psycopg.sql.Identifier``.
 
-Each shard is one transaction: its rows are COPYed into a temp table, upserted into the target
-table on the key (``INSERT ... SELECT ... ON CONFLICT DO UPDATE``), and the shard's manifest row
-is written before COMMIT, so rows and manifest commit together and a re-run never duplicates.
-
-    sink = PostgresSink("postgresql://app@db/scores", "predictions", ["id"], "nightly", fp, Path("rejects"))
+    table = PostgresTable("postgresql://app@db/scores", "predictions", ["id"])
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pyarrow as pa
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from inferlane.lanes.batch.sinks import SqlSink
+from inferlane.store.tables.sql import SqlTable
 
 STAGE = "inferlane_stage"
 
 
-class PostgresSink(SqlSink):
+class PostgresTable(SqlTable):
     placeholder = "%s"
 
-    def __init__(self, dsn: str, table: str, key: list[str], job_id: str, fingerprint: str,
-                 rejects_dir: Path) -> None:
-        super().__init__(table, key, job_id, fingerprint, rejects_dir)
+    def __init__(self, dsn: str, table: str, key: list[str]) -> None:
+        super().__init__(table, key)
         self.dsn = dsn
         info = conninfo_to_dict(dsn)  # described without the password
         self.description = (f"PostgreSQL {info.get('host', 'localhost')}:{info.get('port', 5432)}/"
                             f"{info.get('dbname', '')} table {table}")
         self._conn = self._connect()
-        self._init_meta()
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
-        # autocommit: statements outside a shard commit at once; a shard opens its own transaction.
-        # No server-side prepared statements: the staging table is a new relation every shard.
+        # autocommit: statements outside a transaction commit at once; a write opens its own.
+        # No server-side prepared statements: the staging table is a new relation every write.
         return psycopg.connect(self.dsn, autocommit=True, prepare_threshold=None)
 
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    def ident(self, name: str) -> str:
+        return sql.Identifier(name).as_string(self._conn)
+
+    def execute(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._conn.cursor() as cur:
-            cur.execute(sql, params)
+            cur.execute(statement.encode(), params)
             return cur.fetchall() if cur.description is not None else []
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def transaction(self) -> Iterator[None]:
         with self._conn.transaction():
             yield
 
     def _bulk_upsert(self, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
-        cols = ", ".join(f'"{c}"' for c in columns)
-        self._execute(f'CREATE TEMP TABLE {STAGE} (LIKE "{self.table}" INCLUDING DEFAULTS) ON COMMIT DROP')
+        cols = ", ".join(self.ident(c) for c in columns)
+        self.execute(f"CREATE TEMP TABLE {STAGE} (LIKE {self.ident(self.table)} INCLUDING DEFAULTS) ON COMMIT DROP")
         with self._conn.cursor() as cur:
-            with cur.copy(f"COPY {STAGE} ({cols}) FROM STDIN") as copy:
+            with cur.copy(f"COPY {STAGE} ({cols}) FROM STDIN".encode()) as copy:
                 for row in rows:
                     copy.write_row(row)
-            cur.execute(self.upsert_sql(columns, source=STAGE))
+            cur.execute(self.upsert_sql(columns, source=STAGE).encode())
 
     def _sql_type(self, t: pa.DataType) -> str:
         if pa.types.is_boolean(t):

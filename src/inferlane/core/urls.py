@@ -1,0 +1,158 @@
+"""One parser per kind of URL, each with one rule, used by every lane and store.
+
+    sqlite_url("sqlite:///out/scores.db?table=t")     # SqliteURL(path=Path("out/scores.db"), params={"table": "t"})
+    postgres_url("postgresql://app@db/scores?table=t") # PostgresURL(dsn="postgresql://app@db/scores", ...)
+    redis_url("redis://:pw@cache:6379/2/events")       # RedisURL(host, port=6379, db=2, name="events", ...)
+    kafka_url("kafka://b1:9092,b2:9092/tx?acks=all")   # KafkaURL(bootstrap="b1:9092,b2:9092", names=["tx"], ...)
+
+S3 URIs are opened by ``core/uri.py`` (``filesystem_for``). Every parser raises ConfigError naming
+``flag`` (the option the URL came from) and the accepted form.
+
+Rules:
+
+- SQLite: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (SQLAlchemy's form).
+- PostgreSQL: a libpq URL, ``postgresql://`` or ``postgres://``; inferlane's own query parameters
+  (``table``) are taken out, the rest stays in the DSN (``sslmode=...``).
+- Redis: ``redis://[user:password@]host[:port][/db][/name][?db=N&...]`` (``rediss://`` for TLS). A
+  numeric first path segment is the database number; what follows it is a name (a stream, a key
+  prefix). ``?db=N`` works as well; both at once must agree. A stream named like a number needs
+  the database first: ``redis://host/0/42``.
+- Kafka: ``kafka://host:port[,host:port]/name[,name]?<librdkafka setting>=<value>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlparse, urlsplit, urlunparse
+
+from inferlane.core.errors import ConfigError
+
+
+def _params(query: str) -> dict[str, str]:
+    return dict(parse_qsl(query, keep_blank_values=True))
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteURL:
+    path: Path
+    params: dict[str, str] = field(default_factory=dict)
+
+
+def sqlite_url(url: str, flag: str) -> SqliteURL:
+    if not url.startswith("sqlite:///"):
+        raise ConfigError(f"{flag} {url}: write sqlite:///relative/path.db or sqlite:////absolute/path.db")
+    rest, _, query = url[len("sqlite:///"):].partition("?")
+    if not rest or rest.endswith("/"):
+        raise ConfigError(f"{flag} {url}: names no file; write sqlite:///path/to/file.db")
+    return SqliteURL(Path(unquote(rest)), _params(query))
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresURL:
+    dsn: str
+    """The libpq URL without inferlane's own parameters."""
+    params: dict[str, str] = field(default_factory=dict)
+    """inferlane's own parameters taken out of the query (``table``)."""
+
+
+def postgres_url(url: str, flag: str, own: tuple[str, ...] = ("table",)) -> PostgresURL:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("postgres", "postgresql"):
+        raise ConfigError(f"{flag} {url}: write postgresql://user@host:port/database")
+    query = parse_qsl(parsed.query, keep_blank_values=True)
+    mine = {k: v for k, v in query if k in own}
+    dsn = urlunparse(parsed._replace(query=urlencode([(k, v) for k, v in query if k not in own])))
+    return PostgresURL(dsn, mine)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisURL:
+    host: str
+    port: int
+    db: int
+    name: str | None
+    """What follows the database in the path: a stream or a key prefix (None when absent)."""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    params: dict[str, str] = field(default_factory=dict)
+    """Other query parameters, for the caller (``field=``, ``maxlen=``, ``prefix=``)."""
+
+    @property
+    def address(self) -> str:
+        """``host:port/db``, for messages (never the password)."""
+        return f"{self.host}:{self.port}/{self.db}"
+
+    def client(self, **kwargs: Any) -> Any:
+        """A redis-py client (the ``redis`` extra); ``kwargs`` override the timeouts."""
+        import redis
+
+        options: dict[str, Any] = {"socket_connect_timeout": 5.0, "socket_timeout": 30.0,
+                                   "health_check_interval": 30, **kwargs}
+        return redis.Redis(host=self.host, port=self.port, db=self.db, username=self.username,
+                           password=self.password, ssl=self.tls, **options)
+
+
+def redis_url(url: str, flag: str, *, name: str = "forbidden") -> RedisURL:
+    """``name``: "required" (a stream), "optional" (a key prefix) or "forbidden" (a database only)."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+        raise ConfigError(f"{flag} {url}: write redis://host:port/db" + ("/name" if name != "forbidden" else ""))
+    try:
+        port = parsed.port or 6379
+    except ValueError:
+        raise ConfigError(f"{flag} {url}: the port is not a number") from None
+    params = _params(parsed.query)
+    parts = [unquote(p) for p in parsed.path.split("/") if p]
+    db: int | None = None
+    if parts and parts[0].isdigit():
+        db = int(parts.pop(0))
+    if "db" in params:
+        raw = params.pop("db")
+        if not raw.isdigit():
+            raise ConfigError(f"{flag} {url}: db={raw} is not a database number")
+        if db is not None and db != int(raw):
+            raise ConfigError(f"{flag} {url}: the database is {db} in the path and {raw} in ?db=")
+        db = int(raw)
+    rest = "/".join(parts) or None
+    if name == "required" and rest is None:
+        raise ConfigError(f"{flag} {url}: name the stream, e.g. redis://host:port/0/events")
+    if name == "forbidden" and rest is not None:
+        raise ConfigError(f"{flag} {url}: the path is the database number, e.g. redis://host:port/0")
+    return RedisURL(parsed.hostname, port, db or 0, rest,
+                    unquote(parsed.username) if parsed.username else None,
+                    unquote(parsed.password) if parsed.password else None,
+                    parsed.scheme == "rediss", params)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaURL:
+    bootstrap: str
+    names: list[str]
+    """Topics."""
+    settings: dict[str, str] = field(default_factory=dict)
+    """librdkafka settings from the query."""
+
+
+def kafka_url(url: str, flag: str) -> KafkaURL:
+    parsed = urlparse(url)
+    names = [unquote(n) for n in parsed.path.strip("/").split(",") if n]
+    if parsed.scheme != "kafka" or not parsed.hostname or not names:
+        raise ConfigError(f"{flag} {url}: write kafka://host:port/topic")
+    return KafkaURL(parsed.netloc.rsplit("@", 1)[-1], names, _params(parsed.query))
+
+
+def scheme(url: str) -> str:
+    """The URL's scheme, lower case ('' for a plain path)."""
+    s = urlparse(url).scheme.lower()
+    return "" if len(s) == 1 else s  # a Windows drive letter is a path
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for log lines and messages."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()

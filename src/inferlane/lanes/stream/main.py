@@ -1,0 +1,79 @@
+"""The stream lane's entry point: open everything a stream job names, run it, close it all.
+
+    report = run_stream(StreamJob(model="models/fraud", source="kafka://b:9092/tx", group="scorer",
+                                  sink="kafka://b:9092/scores", key="id"), stop=threading.Event())
+
+``inferlane stream run`` parses its flags into a StreamJob and calls this; so can any program.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from inferlane.core.inputs import RecordDecoder
+from inferlane.core.metrics import Metrics
+from inferlane.core.model import ModelVersion
+from inferlane.lanes.stream.metrics import StreamMetrics
+from inferlane.lanes.stream.runner import StreamRunner, StreamSettings, tune_gc
+from inferlane.lanes.stream.sinks import open_dead_letters, open_stream_sink
+from inferlane.lanes.stream.sources import open_source
+
+
+@dataclass(frozen=True)
+class StreamJob:
+    model: str
+    """Model folder (``<repo>/<name>``)."""
+    source: str
+    group: str
+    sink: str
+    key: str
+    """Event field that identifies an event (outputs are keyed ``<key>@<model version>``)."""
+    dlq: str | None = None
+    version: str | None = None
+    columns: dict[str, list[str]] = field(default_factory=dict)
+    table: str | None = None
+    settings: StreamSettings = field(default_factory=StreamSettings)
+    start: str = "earliest"
+    consumer: str | None = None
+    claim_idle_ms: int = 30_000
+    threads: int = 0
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+
+
+def run_stream(job: StreamJob, stop: threading.Event, *, on_start: Callable[[str], None] | None = None,
+               metrics: Metrics | None = None) -> dict[str, Any]:
+    """Run until ``stop`` is set (or ``settings.idle_exit_s``); returns the report. ConfigError for
+    bad usage; a failed stage's error is raised after what was written before it is committed."""
+    job.settings.check()
+    model = ModelVersion.open(job.model, job.version, job.threads)
+    opened: list[Any] = []
+    try:
+        model.warmup()
+        decoder = RecordDecoder.create(model.config, job.key, job.columns)
+        sink = open_stream_sink(job.sink, key_field=job.key, table=job.table)
+        opened.append(sink)
+        dlq = open_dead_letters(job.dlq, group=job.group, model=model.name, version=model.version)
+        opened.append(dlq)
+        source = open_source(job.source, job.group, start=job.start, max_wait_ms=int(job.settings.max_wait_ms),
+                             consumer=job.consumer, claim_idle_ms=job.claim_idle_ms)
+        opened.append(source)
+        metrics = metrics or Metrics()
+        stream_metrics = StreamMetrics(model.name, model.version, metrics)
+        if job.metrics_port is not None:
+            metrics.serve(job.metrics_port, job.metrics_host)
+        runner = StreamRunner(model, decoder, source, sink, dlq, job.settings, stream_metrics)
+        tune_gc()
+        if on_start is not None:
+            on_start(f"stream {job.group}: model {model.name} version {model.version}; {source.description} -> "
+                     f"{sink.description}; dead letters -> {dlq.description}")
+        return runner.run(stop)
+    finally:
+        for part in reversed(opened):
+            with contextlib.suppress(Exception):
+                part.close()
+        model.close()

@@ -1,0 +1,78 @@
+"""Table outputs shared by the batch and stream lanes: a folder of parts (Parquet, CSV, JSONL),
+SQLite or PostgreSQL.
+
+    writer = open_row_writer("sqlite:///out/scores.db", key=["id", "model_version"])   # stream
+    sink = open_shard_sink("out/scores/", job_id="nightly", fingerprint=fp, key=["id"])    # batch
+
+The URL forms are parsed by core/urls.py; ``flag`` names the option in error messages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from inferlane.core.errors import ConfigError
+from inferlane.core.urls import postgres_url, scheme, sqlite_url
+from inferlane.store.tables.arrow import flatten_lists, key_array, scored_table, to_arrow
+from inferlane.store.tables.base import RowWriter, ShardSink
+from inferlane.store.tables.sql import SqlShardSink, SqlTable
+
+DEFAULT_TABLE = "predictions"
+FORMS = "a folder, sqlite:///file.db or postgresql://..."
+
+
+def open_table(url: str, *, key: list[str], table: str | None, flag: str) -> SqlTable | None:
+    """The database table ``url`` names (``--table`` or ``?table=``, default predictions), or None
+    when ``url`` is not a database URL."""
+    s = scheme(url)
+    if s == "sqlite":
+        sq = sqlite_url(url, flag)
+        from inferlane.store.tables.sqlite import SqliteTable
+
+        return SqliteTable(sq.path, table or sq.params.get("table") or DEFAULT_TABLE, key)
+    if s in ("postgres", "postgresql"):
+        pg = postgres_url(url, flag)
+        from inferlane.store.tables.postgres import PostgresTable
+
+        return PostgresTable(pg.dsn, table or pg.params.get("table") or DEFAULT_TABLE, key)
+    return None
+
+
+def _folder(url: str, flag: str) -> Path:
+    s = scheme(url)
+    if s not in ("", "file"):
+        raise ConfigError(f"{flag} {url}: use {FORMS}")
+    return Path(url[len("file://"):] if s == "file" else url)
+
+
+def open_row_writer(url: str, *, key: list[str], table: str | None = None, fmt: str = "parquet",
+                    flag: str = "--sink") -> RowWriter:
+    """Rows upserted on ``key`` into a database table, or written as parts into a folder."""
+    db = open_table(url, key=key, table=table, flag=flag)
+    if db is not None:
+        return db
+    from inferlane.store.tables.files import PartsFolder
+
+    return PartsFolder(_folder(url, flag), fmt)
+
+
+def open_shard_sink(url: str, *, job_id: str, fingerprint: str, key: list[str], table: str | None = None,
+                    fmt: str = "parquet", overwrite: bool = False, rejects_dir: Path | None = None,
+                    flag: str = "--output") -> ShardSink:
+    """A batch job's output: a folder (Parquet by default), a SQLite or a PostgreSQL table."""
+    db = open_table(url, key=key, table=table, flag=flag)
+    if db is not None:
+        default = (sqlite_url(url, flag).path.parent / f"{job_id}-rejects" if scheme(url) == "sqlite"
+                   else Path(f"inferlane-batch-{job_id}") / "rejects")
+        try:
+            return SqlShardSink(db, job_id, fingerprint, rejects_dir or default)
+        except BaseException:
+            db.close()
+            raise
+    from inferlane.store.tables.files import FileShardSink
+
+    return FileShardSink(_folder(url, flag), fmt, job_id, fingerprint, overwrite)
+
+
+__all__ = ["DEFAULT_TABLE", "RowWriter", "ShardSink", "SqlTable", "flatten_lists", "key_array", "open_row_writer",
+           "open_shard_sink", "open_table", "scored_table", "to_arrow"]
