@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def module_command(module: str, *args: str, prefix: list[str] | None = None) -> list[str]:
-    """The command that runs ``module`` (e.g. ``benchmarks.online.driver``) with this Python; run it
+    """The command that runs ``module`` (e.g. ``benchmarks.online.bare``) with this Python; run it
     with ``cwd=ROOT``. ``prefix`` runs it under another command (e.g. ``taskset -c 0``)."""
     return [*(prefix or []), sys.executable, "-m", module, *args]
 

@@ -25,14 +25,22 @@ class Recorder:
         self.fn = fn or (lambda x: x * 2)
         self.gate = threading.Event()
         self.started = threading.Event()
+        self.called = threading.Condition()
         if not block:
             self.gate.set()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.calls.append(batch["x"].shape[0])
+        with self.called:
+            self.calls.append(batch["x"].shape[0])
+            self.called.notify_all()
         self.started.set()
         self.gate.wait(10)
         return {"y": self.fn(batch["x"])}
+
+    def wait_calls(self, n: int) -> None:
+        """Block until the model was called ``n`` times (from a thread: ``asyncio.to_thread``)."""
+        with self.called:
+            assert self.called.wait_for(lambda: len(self.calls) >= n, 5), self.calls
 
 
 def make(rec: Recorder, clock: FakeClock, **policy: object) -> DynamicBatcher:
@@ -52,6 +60,14 @@ def submit(b: DynamicBatcher, clock: FakeClock, value: float, *, rows: int = 1,
                                           deadline=clock.now() + timeout))
 
 
+async def occupy(b: DynamicBatcher, clock: FakeClock, rec: Recorder,
+                 value: float = 0.0) -> asyncio.Task[Prediction]:
+    """Submit one request and wait until the (blocking) model runs it: the model is busy."""
+    task = submit(b, clock, value)
+    await asyncio.to_thread(rec.started.wait, 5)
+    return task
+
+
 async def test_closes_at_max_batch_size_without_waiting_for_the_delay() -> None:
     clock, rec = FakeClock(), Recorder()
     b = make(rec, clock, max_queue_delay_ms=1000)
@@ -63,33 +79,64 @@ async def test_closes_at_max_batch_size_without_waiting_for_the_delay() -> None:
     await b.close()
 
 
-async def test_closes_at_max_queue_delay() -> None:
+async def test_an_idle_model_takes_a_lone_request_at_once() -> None:
     clock, rec = FakeClock(), Recorder()
-    b = make(rec, clock, max_batch_size=64, max_queue_delay_ms=5)
-    tasks = [submit(b, clock, i) for i in range(3)]
+    b = make(rec, clock, max_batch_size=64, max_queue_delay_ms=1000)
+    result = await submit(b, clock, 1.0)  # the clock never moves: no delay was waited
+    assert rec.calls == [1]
+    assert result.queue_s == 0.0
+    await b.close()
+
+
+async def test_arrivals_during_a_forward_pass_form_the_next_batch() -> None:
+    clock, rec = FakeClock(), Recorder(block=True)
+    b = make(rec, clock, max_batch_size=64, max_queue_delay_ms=1000)
+    first = await occupy(b, clock, rec)
+    later = [submit(b, clock, i, rows=2) for i in range(1, 4)]
     await settle()
-    assert rec.calls == []
+    assert rec.calls == [1] and b.queue_depth == 3  # they wait for the model, not for a delay
+    rec.gate.set()
+    results = await asyncio.gather(first, *later)
+    assert rec.calls == [1, 6]  # the three arrivals went together as soon as the model was free
+    assert [r.batch_rows for r in results] == [1, 6, 6, 6]
+    await b.close()
+
+
+async def test_with_a_free_slot_beside_a_running_batch_it_waits_up_to_max_queue_delay() -> None:
+    clock, rec = FakeClock(), Recorder(block=True)
+    b = make(rec, clock, max_batch_size=64, max_queue_delay_ms=5, max_inflight_batches=2)
+    first = await occupy(b, clock, rec)
+    later = [submit(b, clock, i) for i in range(1, 4)]
+    await settle()
     clock.advance(0.004)
     await settle()
-    assert rec.calls == []
+    assert rec.calls == [1]  # one batch runs; the next waits for company, up to 5 ms
     clock.advance(0.0011)
-    await asyncio.gather(*tasks)
-    assert rec.calls == [3]
+    await settle()
+    await asyncio.to_thread(rec.wait_calls, 2)
+    assert rec.calls == [1, 3]
+    rec.gate.set()
+    await asyncio.gather(first, *later)
     await b.close()
 
 
 async def test_closes_early_when_the_oldest_deadline_would_be_missed() -> None:
-    clock, rec = FakeClock(), Recorder()
-    b = make(rec, clock, max_batch_size=64, max_queue_delay_ms=100)
+    clock, rec = FakeClock(), Recorder(block=True)
+    b = make(rec, clock, max_batch_size=64, max_queue_delay_ms=100, max_inflight_batches=2)
+    first = await occupy(b, clock, rec)
     b.seed_forward_estimate(0.010)
-    task = submit(b, clock, 1.0, timeout=0.030)  # must start by 30 - 10 = 20 ms
+    task = submit(b, clock, 1.0, timeout=0.030)  # must start by 30 - 10 = 20 ms, not at 100
     await settle()
     clock.advance(0.019)
     await settle()
-    assert rec.calls == []
-    clock.advance(0.0011)
-    result = await task
     assert rec.calls == [1]
+    clock.advance(0.0011)
+    await settle()
+    await asyncio.to_thread(rec.wait_calls, 2)
+    rec.gate.set()
+    result = await task
+    await first
+    assert rec.calls == [1, 1]
     assert result.queue_s == pytest.approx(0.0201, abs=1e-6)
     await b.close()
 
@@ -116,8 +163,7 @@ async def test_expired_requests_are_answered_504_without_model_time() -> None:
 async def test_queue_full_answers_with_retry_after() -> None:
     clock, rec = FakeClock(), Recorder(block=True)
     b = make(rec, clock, max_batch_size=1, max_queue_delay_ms=0, max_queue_size=2)
-    running = submit(b, clock, 0.0)
-    await asyncio.to_thread(rec.started.wait, 5)
+    running = await occupy(b, clock, rec)
     queued = [submit(b, clock, 1.0), submit(b, clock, 2.0)]
     await settle()
     with pytest.raises(QueueFull) as info:
@@ -166,16 +212,18 @@ async def test_a_model_exception_fails_its_batch_but_not_the_next() -> None:
 
 
 async def test_cancelled_request_never_reaches_the_model() -> None:
-    clock, rec = FakeClock(), Recorder()
+    clock, rec = FakeClock(), Recorder(block=True)
     b = make(rec, clock, max_batch_size=64, max_queue_delay_ms=5)
+    first = await occupy(b, clock, rec)
     gone = submit(b, clock, 1.0)
     kept = submit(b, clock, 2.0, rows=2)
     await settle()
-    gone.cancel()
+    gone.cancel()  # the caller went away while its request was queued
     await settle()
-    clock.advance(0.006)
+    rec.gate.set()
     result = await kept
-    assert rec.calls == [2]
+    await first
+    assert rec.calls == [1, 2]
     assert result.batch_rows == 2
     await b.close()
 
@@ -239,8 +287,7 @@ async def test_online_requests_go_before_queued_background_work() -> None:
     seen: list[float] = []
     rec.fn = lambda x: (seen.extend(x[:, 0].tolist()), x)[1]
     b = make(rec, clock, max_batch_size=2, max_queue_delay_ms=0)
-    first = submit(b, clock, -1.0)
-    await asyncio.to_thread(rec.started.wait, 5)
+    first = await occupy(b, clock, rec, -1.0)
     x = np.zeros((1, 2), np.float32)
     jobs = [asyncio.ensure_future(b.submit({"x": x + 10 + i}, rows=1, elements=2, deadline=clock.now() + 10,
                                            priority=BACKGROUND)) for i in range(3)]
@@ -251,4 +298,85 @@ async def test_online_requests_go_before_queued_background_work() -> None:
     await asyncio.gather(first, *online, *jobs)
     assert seen == [-1.0, 1.0, 2.0, 10.0, 11.0, 12.0]  # online jumped the three queued jobs
     assert rec.calls == [1, 2, 2, 1]
+    await b.close()
+
+
+async def test_a_forward_measured_fast_runs_on_the_event_loop_and_a_slow_one_in_a_thread() -> None:
+    clock = FakeClock()
+    threads: list[str] = []
+
+    def fwd(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        threads.append(threading.current_thread().name)
+        return {"y": batch["x"]}
+
+    b = DynamicBatcher(fwd, BatchingPolicy(max_batch_size=8), elements_budget=1000, clock=clock,
+                       inline_below_s=0.001)
+    b.seed_forward_estimate(0.000_05, rows=1)  # 50 µs a row: a batch of 8 is 0.4 ms, under 1 ms
+    assert b.runs_inline(8) and not b.runs_inline(64)
+    await submit(b, clock, 1.0)
+    assert threads == [threading.current_thread().name]  # no hand-off for a fast model
+    slow = DynamicBatcher(fwd, BatchingPolicy(max_batch_size=8), elements_budget=1000, clock=clock,
+                          inline_below_s=0.001)
+    slow.seed_forward_estimate(0.002, rows=1)
+    await submit(slow, clock, 1.0)
+    assert threads[1].startswith("forward-")
+    await b.close()
+    await slow.close()
+
+
+def live_timers(clock: FakeClock) -> int:
+    return sum(1 for _, _, timer, _ in clock._timers if not timer.cancelled)
+
+
+async def test_one_timer_watches_every_deadline_in_or_out_of_order() -> None:
+    clock, rec = FakeClock(), Recorder(block=True)
+    b = make(rec, clock, max_batch_size=1, max_queue_size=1000)
+    first = await occupy(b, clock, rec)
+    queued = [submit(b, clock, i, timeout=1.0 + i / 1000) for i in range(100)]
+    short = submit(b, clock, 9.0, timeout=0.5)  # earlier than those queued before it
+    await settle()
+    assert live_timers(clock) == 1  # not one per request
+    clock.advance(0.51)
+    with pytest.raises(DeadlineExceeded):
+        await short
+    assert not any(t.done() for t in queued)
+    clock.advance(0.5)  # past the first queued deadlines: they expire together, in order
+    await settle()
+    assert sum(t.done() for t in queued) >= 1
+    clock.advance(0.2)
+    await settle()
+    assert all(t.done() for t in queued) and live_timers(clock) == 1  # the running request's deadline
+    rec.gate.set()
+    await first
+    assert rec.calls == [1]
+    await b.close()
+
+
+async def test_an_idle_fast_model_gathers_a_burst_that_keeps_arriving_into_one_batch() -> None:
+    clock = FakeClock()
+    seen: list[int] = []
+
+    def fwd(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        seen.append(batch["x"].shape[0])
+        return {"y": batch["x"]}
+
+    b = DynamicBatcher(fwd, BatchingPolicy(max_batch_size=64, max_queue_delay_ms=5), elements_budget=10_000,
+                       clock=clock)
+    b.seed_forward_estimate(0.000_01)  # fast: runs inline, led by the request that found it idle
+    x = np.zeros((1, 2), np.float32)
+
+    async def arrive_later(turns: int) -> Prediction:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        return await b.submit({"x": x}, rows=1, elements=2, deadline=clock.now() + 1)
+
+    await arrive_later(0)  # the first request starts the batcher's task; from now on it is idle
+    await asyncio.sleep(0)
+    assert seen == [1]
+    # a burst spread over a few turns of the event loop, as requests read from several sockets are
+    await asyncio.gather(*(arrive_later(t) for t in (0, 0, 0, 1, 2, 3, 3, 4)))
+    assert seen == [1, 8]
+    # a lone request goes at once: nobody else came in its first turn
+    await arrive_later(0)
+    assert seen == [1, 8, 1]
     await b.close()

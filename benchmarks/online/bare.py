@@ -1,5 +1,5 @@
 """The Python HTTP floor: ``python -m benchmarks.online.bare PORT``. A bare Starlette app served by
-uvicorn exactly as inferlane is (uvloop, httptools, no access log, no Server header); its infer
+uvicorn exactly as inferlane is (``config.UVICORN``: uvloop, httptools, no access log); its infer
 route reads the body and returns a constant V2 response, so it measures what any Python ASGI server
 pays per request before doing any work.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks.online.config import HOST
+from benchmarks.online.config import HOST, UVICORN
 
 BARE_RESPONSE = (b'{"model_name":"small","model_version":"1","outputs":[{"name":"y",'
                  b'"datatype":"FP32","shape":[1,2],"data":[0.4997,0.5003]}]}')
@@ -30,8 +30,7 @@ def main(argv: list[str]) -> int:
 
     app = Starlette(routes=[Route("/v2/models/{name}/infer", infer, methods=["POST"]),
                             Route("/v2/health/ready", ready, methods=["GET"])])
-    uvicorn.run(app, host=HOST, port=int(argv[0]), loop="uvloop", http="httptools", access_log=False,
-                log_level="warning", server_header=False)
+    uvicorn.run(app, host=HOST, port=int(argv[0]), **UVICORN)
     return 0
 
 

@@ -1,16 +1,30 @@
 """Raw ONNX Runtime: ``python -m benchmarks.online.raw '{"seconds": S, "models": {name: path}}'``,
-run pinned to the server core. One session per model (one thread, sequential, data in memory) runs
-batches of RAW_BATCH and of 1 back to back for S seconds each; prints the rates as JSON.
+run pinned to the server core (``measure_raw`` starts it). One session per model (one thread,
+sequential, data in memory) runs batches of RAW_BATCH and of 1 back to back for S seconds each;
+prints the rates as JSON.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+from benchmarks.common import ROOT, module_command
 from benchmarks.online.config import N_FEATURES, RAW_BATCH
+
+
+def measure_raw(seconds: float, core: int, models: dict[str, Path]) -> dict[str, dict[str, float]]:
+    """Run this program pinned to ``core``; its figures per model (``rows_per_s_b64``,
+    ``ms_per_run_b64``, ``rows_per_s_b1``, ``ms_per_run_b1``)."""
+    spec = {"seconds": seconds, "models": {m: str(p) for m, p in models.items()}}
+    cmd = module_command("benchmarks.online.raw", json.dumps(spec), prefix=["taskset", "-c", str(core)])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result: dict[str, dict[str, float]] = json.loads(out.stdout)
+    return result
 
 
 def main(argv: list[str]) -> int:

@@ -1,31 +1,22 @@
-"""The online benchmark's output: the cell table, the driver's headroom, the raw-model block, the
-ideal/target block and the reference block."""
+"""The online benchmark's output: the header, the cell table, the raw ONNX Runtime block, the ideal
+block and the targets block."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from benchmarks.online.cells import Cell
-from benchmarks.online.config import (
-    CLIENT_BOUND_CPU,
-    MODELS,
-    N_FEATURES,
-    NOISY_CPU,
-    RAW_BATCH,
-    REFERENCE,
-    STALLED_CPU,
-    TARGETS,
-    Options,
-)
+from benchmarks.online.config import CLIENT_BOUND_CPU, N_FEATURES, NOISY_CPU, RAW_BATCH, SOCKET_ERRORS_ALLOWED, Options
+from benchmarks.online.targets import Ideal, Verdict
 from inferlane.testing import Column, format_table, num, pct
 
-# Where a sample's time goes in a py-spy profile of the server: the innermost frame whose file
+# Where a sample's time goes in a py-spy profile of a server: the innermost frame whose file
 # matches one of these (checked in order) names the component. py-spy shortens paths to "package/module.py".
 COMPONENTS: list[tuple[str, str]] = [
     ("onnxruntime/", "ONNX Runtime session.run"),
     ("prometheus_client/", "metrics (prometheus_client)"),
     ("inferlane/core/metrics.py", "metrics (prometheus_client)"),
-    ("inferlane/lanes/online.py", "online lane (incl. metrics)"),
+    ("inferlane/lanes/online.py", "online lane"),
     ("inferlane/core/codec.py", "inferlane codec (V2 JSON parse/encode)"),
     ("inferlane/core/inputs/", "inferlane input contract (decode, validate)"),
     ("inferlane/core/batcher.py", "inferlane batcher"),
@@ -33,6 +24,9 @@ COMPONENTS: list[tuple[str, str]] = [
     ("inferlane/core/model.py", "inferlane model (checks, forward glue)"),
     ("inferlane/core/runtimes/", "inferlane runtime adapter"),
     ("inferlane/transport/http/", "inferlane HTTP handler"),
+    ("benchmarks/online/naive.py", "naive endpoint handler"),
+    ("benchmarks/online/bare.py", "bare endpoint handler"),
+    ("orjson", "orjson"),
     ("numpy/", "numpy"),
     ("starlette/", "Starlette (routing, middleware, responses)"),
     ("uvicorn/", "uvicorn (httptools protocol)"),
@@ -43,121 +37,90 @@ COMPONENTS: list[tuple[str, str]] = [
 ]
 
 CELL_COLUMNS = [Column("server", left=True), Column("model", left=True), Column("mode", left=True), Column("conc"),
-                Column("rps"), Column("p50 ms"), Column("p99 ms"), Column("mean batch"), Column("fwd ms"),
-                Column("errors"), Column("srv cpu"), Column("cli cpu"), Column("other"), Column("flags", left=True)]
+                Column("rps"), Column("p50 ms"), Column("p99 ms"), Column("srv cpu"), Column("cpu us/req"),
+                Column("batch"), Column("non-2xx"), Column("sock err"), Column("wrk cpu"), Column("other"),
+                Column("flags", left=True)]
 
 
 def flags(c: Cell) -> str:
-    return " ".join(name for name, on in (("client-bound?", c.client_bound), ("noisy?", c.noisy),
-                                          ("stalled?", c.stalled)) if on)
+    return " ".join(name for name, on in (("BROKEN", c.broken), ("noisy?", c.noisy), ("retrans?", c.retransmits > 0),
+                                          ("client-bound?", c.client_bound)) if on)
 
 
-def format_cells(cells: list[Cell]) -> list[str]:
-    rows = [[c.section, c.model, c.mode, str(c.concurrency), num(c.rps, ".0f"), num(c.p50_ms, ".2f"),
-             num(c.p99_ms, ".2f"), num(c.mean_batch, ".1f"), num(c.forward_ms, ".2f"), str(c.errors),
-             pct(c.server_cpu), pct(c.client_cpu), pct(c.other_cpu), flags(c)] for c in cells]
+def cell_table(cells: list[Cell]) -> list[str]:
+    rows = [[c.endpoint.server, c.endpoint.model, c.endpoint.mode, str(c.concurrency), num(c.rps, ",.0f"),
+             num(c.p50_ms, ".2f"), num(c.p99_ms, ".2f"), pct(c.server_cpu), num(c.cpu_us_per_request, ".0f"),
+             num(c.mean_batch, ".1f"), str(c.non_2xx), str(c.socket_errors), pct(c.client_cpu), pct(c.other_cpu),
+             flags(c)] for c in cells]
     lines = format_table(CELL_COLUMNS, rows).splitlines()
-    for c in cells:
-        if c.exception:
-            lines.append(f"! {c.section} {c.model} {c.mode} c={c.concurrency}: {c.exception}")
+    lines += [f"! {c.endpoint.label} c={c.concurrency}: {c.error}" for c in cells if c.error]
     return lines
 
 
-def client_headroom(cells: list[Cell]) -> list[str]:
-    """Whether the load driver could have been the limit anywhere."""
-    lines = []
+def flag_notes(cells: list[Cell]) -> list[str]:
+    notes = []
+    if any(c.broken for c in cells):
+        notes.append(f"BROKEN: no figures, any non-2xx, or more than {SOCKET_ERRORS_ALLOWED} socket errors "
+                     "(the run exits 1)")
+    if any(c.noisy for c in cells):
+        notes.append(f"noisy?: other processes used >= {NOISY_CPU:.0%} of a core; re-run (--wait-quiet, --retry-noisy)")
+    if any(c.retransmits for c in cells):
+        notes.append("retrans?: the machine retransmitted TCP segments during the cell (on loopback: a drop or a "
+                     "stall; the server under test can cause them, e.g. by not reading its sockets for long)")
+    if any(c.client_bound for c in cells):
+        notes.append(f"client-bound?: wrk used >= {CLIENT_BOUND_CPU:.0%} of its core; the server may have more")
     fastest = max((c for c in cells if c.client_cpu > 0), key=lambda c: c.rps, default=None)
     if fastest is not None:
-        capacity = fastest.rps / fastest.client_cpu
-        lines.append(f"client headroom: at {fastest.rps:,.0f} rps ({fastest.section}, c={fastest.concurrency}) the "
-                     f"driver used {fastest.client_cpu:.0%} of its core, i.e. about {capacity:,.0f} rps at 100%")
-    bound = [c for c in cells if c.client_bound]
-    if bound:
-        lines.append(f"  {len(bound)} cell(s) flagged client-bound?: the driver used >= {CLIENT_BOUND_CPU:.0%} of "
-                     "its core there, so the server may have more to give")
-    else:
-        lines.append(f"  no cell had the driver at >= {CLIENT_BOUND_CPU:.0%} of its core: "
-                     "it was not the limit in any cell")
-    noisy = [c for c in cells if c.noisy]
-    if noisy:
-        lines.append(f"  {len(noisy)} cell(s) flagged noisy?: other processes used >= {NOISY_CPU:.0%} of a core "
-                     "during them; re-run on a quiet machine")
-    stalled = [c for c in cells if c.stalled]
-    if stalled:
-        lines.append(f"  {len(stalled)} cell(s) flagged stalled?: TCP retransmits during the cell, or the bare "
-                     f"endpoint below {STALLED_CPU:.0%} of its core; re-run")
-    return lines
+        notes.append(f"client headroom: wrk used {fastest.client_cpu:.0%} of its core at {fastest.rps:,.0f} rps "
+                     f"({fastest.endpoint.label}, c={fastest.concurrency})")
+    return notes
 
 
-def compute_ideal(cells: list[Cell], raw: dict[str, dict[str, float]], top_c: int) -> list[dict[str, Any]]:
-    """Per model at the highest concurrency with batching on: the cell's rps over the ideal, a
-    server paying only the HTTP floor per request plus the model's batched cost per row."""
-    bare = next((c for c in cells if c.section == "HTTP floor" and c.concurrency == top_c), None)
-    rows = []
-    for model in MODELS:
-        got = next((c for c in cells if c.section == "inferlane" and c.model == model
-                    and c.mode == "batching on" and c.concurrency == top_c), None)
-        if bare is None or got is None or not bare.rps or bare.rps != bare.rps:
-            continue
-        s_row = 1.0 / raw[model][f"rows_per_s_b{RAW_BATCH}"]
-        s_req = 1.0 / bare.rps
-        ideal = 1.0 / (s_row + s_req)
-        fraction = got.rps / ideal
-        min_fraction, p99_limit = TARGETS[model]
-        ok = fraction >= min_fraction and got.errors == 0 and (p99_limit is None or got.p99_ms < p99_limit)
-        target = f">= {min_fraction:.0%} of ideal" + (f", p99 < {p99_limit:.0f} ms" if p99_limit is not None else "")
-        rows.append({"model": model, "concurrency": top_c, "raw_us_per_row": s_row * 1e6,
-                     "bare_us_per_request": s_req * 1e6, "ideal_rps": ideal, "achieved_rps": got.rps,
-                     "p99_ms": got.p99_ms, "fraction": fraction, "target": target, "pass": ok,
-                     "bare_client_bound": bare.client_bound, "noisy": bare.suspect or got.suspect})
-    return rows
-
-
-def _raw_block(opts: Options, raw: dict[str, dict[str, float]]) -> list[str]:
-    rows = [[m, num(r["rows_per_s_b64"], ".0f"), num(1e6 / r["rows_per_s_b64"], ".2f"), num(r["ms_per_run_b64"], ".3f"),
-             num(r["rows_per_s_b1"], ".0f")] for m, r in ((m, raw[m]) for m in MODELS)]
-    cols = [Column("model", left=True), Column(f"rows/s @b{RAW_BATCH}"), Column(f"us/row @b{RAW_BATCH}"),
-            Column(f"ms/batch @b{RAW_BATCH}"), Column("rows/s @b1")]
-    return [f"raw ONNX Runtime, in-process, 1 thread, pinned to core {opts.server_core}, data in memory "
+def raw_block(opts: Options, raw: dict[str, dict[str, float]]) -> list[str]:
+    cols = [Column("model", left=True), Column(f"us/batch @b{RAW_BATCH}"), Column(f"us/row @b{RAW_BATCH}"),
+            Column(f"rows/s @b{RAW_BATCH}"), Column("us/row @b1")]
+    rows = [[m, num(r[f"ms_per_run_b{RAW_BATCH}"] * 1e3, ",.1f"), num(1e6 / r[f"rows_per_s_b{RAW_BATCH}"], ".2f"),
+             num(r[f"rows_per_s_b{RAW_BATCH}"], ",.0f"), num(r["ms_per_run_b1"] * 1e3, ".1f")] for m, r in raw.items()]
+    return [f"raw ONNX Runtime, in-process, 1 thread, sequential, pinned to core {opts.server_core}, data in memory "
             f"({opts.raw_s:g} s per figure):", format_table(cols, rows)]
 
 
-def _ideal_block(ideal: list[dict[str, Any]]) -> list[str]:
+def ideal_block(ideal: dict[str, Ideal], cells: list[Cell]) -> list[str]:
     if not ideal:
-        return []
-    top_c = ideal[0]["concurrency"]
-    cols = [Column("model", left=True), Column("us/row"), Column("us/req"), Column("ideal rps"), Column("achieved"),
-            Column("fraction"), Column("p99 ms"), Column("target", left=True)]
+        return ["ideal: not computed (no bare endpoint figure at c=64)"]
+    cols = [Column("model", left=True), Column("raw us/row"), Column("bare us/req"), Column("ideal rps"),
+            Column("inferlane rps"), Column("fraction")]
     rows = []
-    for d in ideal:
-        verdict = "PASS" if d["pass"] else "MISS"
-        if d["noisy"]:
-            verdict += " (disturbed inputs: re-run before trusting this)"
-        rows.append([d["model"], num(d["raw_us_per_row"], ".2f"), num(d["bare_us_per_request"], ".2f"),
-                     num(d["ideal_rps"], ".0f"), num(d["achieved_rps"], ".0f"), pct(d["fraction"], 1),
-                     num(d["p99_ms"], ".2f"), f"{d['target']}: {verdict}"])
-    lines = [f"ideal at concurrency {top_c}, batching on: 1 / (raw s/row @b{RAW_BATCH} + bare-endpoint "
-             f"s/request @c{top_c})", format_table(cols, rows)]
-    if any(d["bare_client_bound"] for d in ideal):
-        lines.append("note: the client was near 100% of its core on the bare endpoint, so the HTTP floor "
-                     "(and the ideal) may be understated")
-    return [*lines, ""]
+    for m, d in ideal.items():
+        got = next((c.rps for c in cells if c.endpoint.server == "inferlane" and c.endpoint.model == m
+                    and c.endpoint.mode == "batching on" and c.concurrency == 64), float("nan"))
+        rows.append([m, num(d.raw_us_per_row, ".2f"), num(d.bare_us_per_request, ".1f"), num(d.rps, ",.0f"),
+                     num(got, ",.0f"), pct(got / d.rps, 1)])
+    return [f"ideal at c=64 = 1 / (raw s/row @b{RAW_BATCH} + bare endpoint s/request @c64); inferlane batching on:",
+            format_table(cols, rows)]
 
 
-def report(opts: Options, cells: list[Cell], raw: dict[str, dict[str, float]], ideal: list[dict[str, Any]],
-           meta: dict[str, Any]) -> str:
+def targets_block(verdicts: list[Verdict]) -> list[str]:
+    cols = [Column("figure", left=True), Column("model", left=True), Column("measured"), Column("target"),
+            Column("verdict", left=True)]
+    rows = [[v.target.figure, v.model, num(v.value, ".2f"), f"{'<=' if v.target.at_most else '>='} {v.target.limit:g}",
+             v.word + (" (flagged inputs: re-run)" if v.noisy else "")] for v in verdicts]
+    passed = sum(v.passed for v in verdicts)
+    return ["targets (ratios of figures from this run; inferlane = batching on; a MISS is reported, not a failure):",
+            format_table(cols, rows), f"{passed} of {len(verdicts)} targets met"]
+
+
+def report(opts: Options, cells: list[Cell], raw: dict[str, dict[str, float]], ideal: dict[str, Ideal],
+           verdicts: list[Verdict], meta: dict[str, Any]) -> str:
+    runs = f"median of {opts.repeat} runs of {opts.duration_s} s" if opts.repeat > 1 else f"{opts.duration_s} s"
     out = [f"inferlane online benchmark - {meta['started']} - {meta['host']} ({meta['cpus']} CPUs, load average "
            f"at start {meta['load_start']})",
-           f"server pinned to core {opts.server_core}, load driver pinned to core {opts.client_core}; client: "
-           "inferlane.demo.loadgen.run_load (asyncio HTTP/1.1 keep-alive, uvloop), one request in flight per "
-           "connection",
+           f"command: {meta['command']}",
            f"source: {meta['source']}",
-           f"per cell: {opts.warmup_s:g} s warm-up, then about {opts.duration_s:g} s measured; each request is one "
-           f"row of {N_FEATURES} FP32 features (V2 JSON)", "",
-           *format_cells(cells), *client_headroom(cells), "", *_raw_block(opts, raw), "", *_ideal_block(ideal),
-           "reference, measured earlier on this machine, not this run (small MLP, concurrency 64, same pinning):"]
-    for name, rps, p99 in REFERENCE:
-        out.append(f"  {name:<42} {rps:>7,.0f} rps" + (f"  (p99 {p99:.0f} ms)" if p99 else ""))
-    out += ["", f"command: {meta['command']}",
-            f"took {meta['elapsed_s']:.0f} s; load average at end {meta['load_end']}"]
+           f"servers pinned to core {opts.server_core}; load: wrk -t1 pinned to core {opts.client_core}, keep-alive "
+           f"connections (conc), one request in flight each, one row of {N_FEATURES} FP32 features per V2 JSON POST",
+           f"per cell: {opts.warmup_s} s warm-up (at least 1 s for an endpoint's first cell), then {runs} measured",
+           "", *cell_table(cells), *flag_notes(cells), "", *raw_block(opts, raw), "", *ideal_block(ideal, cells), "",
+           *targets_block(verdicts), "",
+           f"took {meta['elapsed_s']:.0f} s; load average at end {meta['load_end']}"]
     return "\n".join(out)

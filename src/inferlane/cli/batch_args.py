@@ -47,7 +47,7 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=4096, help="rows per forward pass (default 4096)")
     p.add_argument("--shard-rows", type=int, default=262_144,
                    help="rows per shard, the unit of resume (default 262144)")
-    p.add_argument("--threads", type=int, default=0, help="model threads (default: every core)")
+    p.add_argument("--threads", type=int, default=0, help="model threads (default: the CPUs this process may use)")
     p.add_argument("--max-reject-ratio", type=float, default=0.01, help="default 0.01")
     p.add_argument("--retries", type=int, default=3, help="retries per shard for transient errors")
     p.add_argument("--cost-per-hour", type=float, help="machine cost, for the report's cost estimate")

@@ -100,7 +100,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                                       "re-read this consumer's pending entries at once")
     r.add_argument("--claim-idle-ms", type=_positive(int), default=30_000,
                    help="Redis: take over entries pending this long at a dead consumer (default 30000)")
-    r.add_argument("--threads", type=_positive(int), default=0, help="model threads (default: every core)")
+    r.add_argument("--threads", type=_positive(int), default=0,
+                   help="model threads (default: the CPUs this process may use)")
     r.add_argument("--sink-retry-s", type=_positive(float), default=120.0,
                    help="retry transient sink failures this long, then stop with the error (exit 1; default 120)")
     r.add_argument("--shutdown-timeout", type=_positive(float), default=30.0,

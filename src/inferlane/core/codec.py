@@ -83,16 +83,20 @@ def _shape(shape: Any, where: str, max_elements: int) -> tuple[list[int], int]:
     Dimensions are JSON integers; an integral number such as ``1e9`` is an integer too, as in
     JSON Schema.
     """
-    if not isinstance(shape, list) or not 1 <= len(shape) <= 16:
+    if type(shape) is not list or not 1 <= len(shape) <= 16:
         raise InvalidInput(f"{where}: shape must be a list of 1 to 16 non-negative integers")
-    dims: list[int] = []
+    dims = shape
     for d in shape:
-        if isinstance(d, float) and d.is_integer():
-            d = int(d)
-        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
-            raise InvalidInput(f"{where}: shape must be a list of 1 to 16 non-negative integers, "
-                               f"not {str(shape)[:200]}")
-        dims.append(d)
+        if type(d) is not int or d < 0:  # the rare forms (1e9, true, -1, "2") the slow way
+            dims = []
+            for d in shape:
+                if isinstance(d, float) and d.is_integer():
+                    d = int(d)
+                if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+                    raise InvalidInput(f"{where}: shape must be a list of 1 to 16 non-negative integers, "
+                                       f"not {str(shape)[:200]}")
+                dims.append(d)
+            break
     count = math.prod(dims)
     if count > max_elements or max(dims) > max_elements:
         # 1e308 is an integer too: keep the message short (and under Python's 4300-digit limit).
@@ -113,18 +117,17 @@ def _values(data: Any, datatype: str, name: str) -> np.ndarray:
 
 def _tensor_from_json(t: dict[str, Any], i: int, max_elements: int, binary: memoryview | None,
                       offset: int) -> tuple[str, np.ndarray, int]:
-    where = f"inputs[{i}]"
     name = t.get("name")
     if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
-        raise InvalidInput(f"{where}.name must be a string of 1 to {MAX_NAME_LENGTH} characters")
+        raise InvalidInput(f"inputs[{i}].name must be a string of 1 to {MAX_NAME_LENGTH} characters")
     where = f"input {name!r}"
     datatype = t.get("datatype")
     if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InvalidInput(f"{where}: datatype must be one of {', '.join(DATATYPES)}")
     shape, count = _shape(t.get("shape"), where, max_elements)
     dt = to_numpy(datatype)
-    params = _params(t.get("parameters"), f"{where}: parameters")
-    size = params.get("binary_data_size")
+    raw_params = t.get("parameters")
+    size = None if raw_params is None else _params(raw_params, f"{where}: parameters").get("binary_data_size")
     if size is not None:
         if binary is None:
             raise InvalidInput(f"{where}: parameters.binary_data_size needs the binary tensor "
@@ -262,6 +265,8 @@ def encode_infer_response(model: str, version: str, outputs: Mapping[str, np.nda
 
 
 def check_requested_outputs(req: InferRequest, config: ModelConfig) -> None:
+    if not req.binary_outputs:
+        return
     declared = {s.name for s in config.outputs}
     unknown = sorted(set(req.binary_outputs) - declared)
     if unknown:

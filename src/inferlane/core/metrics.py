@@ -16,10 +16,12 @@ custom collectors registered with :meth:`Metrics.register` must take their own l
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from inferlane.core.errors import ConfigError
 
@@ -51,13 +53,16 @@ class Metrics:
                                     _LABELS, buckets=_BATCH_BUCKETS, registry=r)
         self.batch_requests = Histogram("inferlane_batch_requests", "Requests per executed batch",
                                         _LABELS, buckets=_BATCH_BUCKETS, registry=r)
-        self.queue_depth = Gauge("inferlane_queue_depth", "Requests waiting in the batcher queue",
-                                 _LABELS, registry=r)
-        self.inflight = Gauge("inferlane_inflight_batches", "Batches running a forward pass",
-                              _LABELS, registry=r)
+        self._queues: list[Callable[[], Iterable[QueueState]]] = []
+        r.register(_QueueCollector(self._queues))
 
     def batch_observer(self, model: str, version: str, lane: str = "online") -> BatchMetrics:
         return BatchMetrics(self, model, version, lane)
+
+    def watch_queues(self, states: Callable[[], Iterable[QueueState]]) -> None:
+        """Report ``inferlane_queue_depth`` and ``inferlane_inflight_batches`` from ``states()`` at
+        each scrape: read when asked, they cost the hot path nothing."""
+        self._queues.append(states)
 
     # -- the one helper lanes declare their series with ------------------------------------------
 
@@ -124,8 +129,6 @@ class BatchMetrics:
         self._batch_requests = m.batch_requests.labels(*labels)
         self._forward = m.forward.labels(*labels)
         self._queue_wait = m.queue_wait.labels(*labels)
-        self._depth = m.queue_depth.labels(*labels)
-        self._inflight = m.inflight.labels(*labels)
 
     def on_batch(self, rows: int, requests: int, forward_s: float, queue_waits: list[float]) -> None:
         self._batch_size.observe(rows)
@@ -134,6 +137,30 @@ class BatchMetrics:
         for w in queue_waits:
             self._queue_wait.observe(w)
 
-    def on_queue(self, depth: int, inflight: int) -> None:
-        self._depth.set(depth)
-        self._inflight.set(inflight)
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    """One model version's batcher, as a scrape sees it."""
+
+    model: str
+    version: str
+    lane: str
+    depth: int
+    """Requests waiting (the autoscaling signal)."""
+    inflight: int
+    """Batches running a forward pass."""
+
+
+class _QueueCollector:
+    def __init__(self, sources: list[Callable[[], Iterable[QueueState]]]) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily("inferlane_queue_depth", "Requests waiting in the batcher queue", labels=_LABELS)
+        inflight = GaugeMetricFamily("inferlane_inflight_batches", "Batches running a forward pass", labels=_LABELS)
+        for source in self._sources:
+            for q in source():
+                depth.add_metric([q.model, q.version, q.lane], q.depth)
+                inflight.add_metric([q.model, q.version, q.lane], q.inflight)
+        yield depth
+        yield inflight

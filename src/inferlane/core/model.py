@@ -8,21 +8,28 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from inferlane.core.batcher import ONLINE, BatchObserver, DynamicBatcher, Prediction
+from inferlane.core.batcher import (
+    INLINE_BELOW_ONE_CPU_S,
+    INLINE_BELOW_S,
+    ONLINE,
+    BatchObserver,
+    DynamicBatcher,
+    Prediction,
+)
 from inferlane.core.clock import Clock, MonotonicClock
+from inferlane.core.cpus import Role, ThreadPlan, thread_plan
 from inferlane.core.datatypes import to_numpy
 from inferlane.core.errors import BatchSizeMismatch, ConfigError, InvalidInput, ModelError, PayloadTooLarge
 from inferlane.core.inputs.signature import Signature, fmt_shape, shape_ok
 from inferlane.core.plugins import load_function
-from inferlane.core.repository import scan_model
+from inferlane.core.repository import locate_version
 from inferlane.core.runtimes import Runtime, load_runtime
 from inferlane.core.spec import ModelConfig, OnnxOptions, TensorSpec
 
@@ -53,36 +60,41 @@ class ModelVersion:
         self._budget = config.batch_elements_budget
         self.batcher: DynamicBatcher | None = None
         self.ready = False
+        self.threads: ThreadPlan | None = None
+        """How the model's threads were chosen (set by :meth:`load`)."""
 
     @classmethod
-    def load(cls, config: ModelConfig, model_dir: Path, version: str) -> ModelVersion:
+    def load(cls, config: ModelConfig, model_dir: Path, version: str, *, role: Role = "serving",
+             threads: int = 0) -> ModelVersion:
+        """Load a version; its model threads come from the CPUs this process may use (core/cpus.py)
+        for ``role``, unless ``threads`` or model.yaml's ``onnx:`` settings say otherwise."""
         version_dir = model_dir / version
         pre = load_function(model_dir, config.preprocess, "preprocess", config.name) if config.preprocess else None
         post = load_function(model_dir, config.postprocess, "postprocess", config.name) if config.postprocess else None
-        runtime = load_runtime(config, version_dir)
-        return cls(config, model_dir, version, runtime, pre, post)
+        onnx = config.onnx or OnnxOptions()
+        plan = thread_plan(role, threads=threads or onnx.intra_op_num_threads, spinning=onnx.allow_spinning)
+        log.info("model %s version %s: %s", config.name, version, plan.reason)
+        runtime = load_runtime(config, version_dir, plan)
+        mv = cls(config, model_dir, version, runtime, pre, post)
+        mv.threads = plan
+        return mv
 
     @classmethod
     def open(cls, folder: str | Path, version: str | None = None, threads: int = 0) -> ModelVersion:
         """A version from its model folder, for lanes that run whole batches themselves (no
-        batcher): ONNX gets ``threads`` intra-op threads (0: every core) and no spinning between
-        batches. ConfigError names an unknown version."""
-        entry = scan_model(Path(folder))
-        version = version or entry.default_version
-        if version not in entry.versions:
-            raise ConfigError(f"--version {version}: model {entry.name} has versions {list(entry.versions)}")
-        config = entry.config
-        if config.runtime == "onnx":
-            onnx = config.onnx or OnnxOptions()
-            onnx = onnx.model_copy(update={"intra_op_num_threads": threads or (os.cpu_count() or 1),
-                                           "allow_spinning": False})
-            config = config.model_copy(update={"onnx": onnx})
-        return cls.load(config, entry.path, version)
+        batcher): ``threads`` model threads (0: every CPU the process may use), no spinning.
+        ConfigError names an unknown version."""
+        entry, version = locate_version(folder, version)
+        return cls.load(entry.config, entry.path, version, role="batch", threads=threads)
 
     def start_batcher(self, *, clock: Clock | None = None, observer: BatchObserver | None = None) -> DynamicBatcher:
+        # With one usable CPU the model and the event loop cannot run at once: a worker thread would
+        # only add switches between them, so every pass short enough not to stall serving runs inline.
+        one_cpu = self.threads is not None and self.threads.cpus == 1
         self.batcher = DynamicBatcher(
             self.forward, self.config.batching, elements_budget=self._budget,
-            clock=clock or MonotonicClock(), observer=observer, name=f"{self.name}:{self.version}")
+            clock=clock or MonotonicClock(), observer=observer, name=f"{self.name}:{self.version}",
+            inline_below_s=INLINE_BELOW_ONE_CPU_S if one_cpu else INLINE_BELOW_S)
         return self.batcher
 
     # -- validation -------------------------------------------------------------------------------
@@ -146,12 +158,13 @@ class ModelVersion:
             return outs[0]
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
-    async def infer(self, inputs: Mapping[str, np.ndarray], deadline: float, priority: int = ONLINE) -> Prediction:
-        """Validate one request and run it through the batcher (``BACKGROUND`` for jobs)."""
+    def infer(self, inputs: Mapping[str, np.ndarray], deadline: float, priority: int = ONLINE) -> Awaitable[Prediction]:
+        """Validate one request (raising at once) and run it through the batcher (``BACKGROUND``
+        for jobs): await the result. Not a coroutine itself: one frame less on every resume."""
         rows, elements, key = self.check_inputs(inputs)
         assert self.batcher is not None, "start_batcher() before infer()"
-        return await self.batcher.submit(inputs, rows=rows, elements=elements, deadline=deadline, key=key,
-                                         priority=priority)
+        return self.batcher.submit(inputs, rows=rows, elements=elements, deadline=deadline, key=key,
+                                   priority=priority)
 
     def warmup_batches(self) -> list[dict[str, np.ndarray]]:
         """Warm-up inputs: the declared ones, else generated from the signature."""
@@ -170,8 +183,11 @@ class ModelVersion:
         return [{s.name: _generate(s, n, rng) for s in self.config.inputs} for n in w.batch_sizes]
 
     def warmup(self) -> float:
-        """Run every warm-up batch once; returns the slowest forward time (seconds)."""
+        """Run every warm-up batch once; returns the slowest forward time (seconds) and seeds the
+        batcher's estimates with it (the first call of a model is its slowest: the estimates only
+        come down from there)."""
         slowest = 0.0
+        slowest_rows = 1
         for i, batch in enumerate(self.warmup_batches()):
             try:
                 self.check_inputs(batch)
@@ -183,9 +199,11 @@ class ModelVersion:
             except Exception as e:
                 raise ConfigError(f"{self.model_dir}/{self.version}: warm-up batch {i} failed: "
                                   f"{type(e).__name__}: {e}") from e
-            slowest = max(slowest, time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            if seconds > slowest:
+                slowest, slowest_rows = seconds, next(iter(batch.values())).shape[0]
         if self.batcher is not None:
-            self.batcher.seed_forward_estimate(slowest)
+            self.batcher.seed_forward_estimate(slowest, slowest_rows)
         return slowest
 
     def close(self) -> None:

@@ -44,6 +44,16 @@ def scan_model(model_dir: Path) -> ModelEntry:
     return ModelEntry(config.name, model_dir, config, tuple(versions))
 
 
+def locate_version(model_dir: str | Path, version: str | None = None) -> tuple[ModelEntry, str]:
+    """A model folder's entry and the version to run (its default when ``version`` is None), without
+    loading anything; ConfigError names an unknown version."""
+    entry = scan_model(Path(model_dir))
+    version = version or entry.default_version
+    if version not in entry.versions:
+        raise ConfigError(f"--version {version}: model {entry.name} has versions {list(entry.versions)}")
+    return entry, version
+
+
 def scan_repository(repo: Path) -> list[ModelEntry]:
     """Every model in a repository. A folder directly holding model.yaml is a one-model repo."""
     if not repo.is_dir():

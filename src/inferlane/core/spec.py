@@ -165,14 +165,16 @@ class ModelConfig(_Strict):
 
 class OnnxOptions(_Strict):
     intra_op_num_threads: int = Field(default=0, ge=0, le=1024)
-    """Threads inside one operator; 0 lets ONNX Runtime pick (all cores)."""
+    """Threads inside one operator; 0 chooses from the CPUs the process may really use (affinity and
+    cgroup quota): all but one when serving (the event loop keeps one), all of them in the batch and
+    stream lanes. The choice is logged when the model loads."""
     inter_op_num_threads: int = Field(default=0, ge=0, le=1024)
     """Threads across operators; 0 lets ONNX Runtime pick."""
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     """Execution providers in order of preference; unavailable ones are skipped."""
-    allow_spinning: bool = True
-    """Idle model threads spin briefly for the next call: lowest latency online; the batch lane turns
-    it off so reading and writing threads get the cores."""
+    allow_spinning: bool | None = None
+    """Idle model threads spin briefly for the next operation. Default off: spinning threads take
+    CPU from the serving threads (and from other processes) between requests."""
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     """ONNX Runtime graph optimizations applied at load."""
 

@@ -47,8 +47,12 @@ class OnlineLane:
     async def infer(self, name: str, version: str | None, inputs: Mapping[str, np.ndarray],
                     timeout_s: float | None = None) -> OnlineResult:
         """Run one request; raises the InferlaneError that describes any failure."""
+        return await self.infer_on(self.registry.get(name, version), inputs, timeout_s)
+
+    async def infer_on(self, mv: ModelVersion, inputs: Mapping[str, np.ndarray],
+                       timeout_s: float | None = None) -> OnlineResult:
+        """:meth:`infer` on a version the caller already looked up (``registry.get``)."""
         start = time.monotonic()
-        mv = self.registry.get(name, version)
         if timeout_s is None:
             timeout_s = mv.config.timeout_ms / 1000.0
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from inferlane.core.batcher import BatchObserver
 from inferlane.core.errors import ModelNotFound, ModelNotReady
+from inferlane.core.metrics import QueueState
 from inferlane.core.model import ModelVersion
 from inferlane.core.repository import ModelEntry, scan_repository
 
@@ -84,6 +85,11 @@ class ModelRegistry:
 
     def loaded(self) -> list[ModelVersion]:
         return list(self._versions.values())
+
+    def queue_states(self, lane: str = "online") -> list[QueueState]:
+        """Every loaded version's batcher queue, for ``Metrics.watch_queues``."""
+        return [QueueState(mv.name, mv.version, lane, mv.batcher.queue_depth, mv.batcher.inflight)
+                for mv in list(self._versions.values()) if mv.batcher is not None]
 
     async def close(self) -> None:
         self.ready = False

@@ -16,6 +16,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from inferlane.core.metrics import Metrics
+from inferlane.core.process import tune_gc
 from inferlane.lanes.jobs import JobsLane, JobWorker
 from inferlane.lanes.online import OnlineLane
 from inferlane.rollout.registry import ModelRegistry
@@ -32,6 +33,7 @@ def create_app(settings: ServerSettings) -> FastInferApp:
     metrics = Metrics()
     registry = ModelRegistry.from_repository(settings.model_repository,
                                              observer_factory=metrics.batch_observer)
+    metrics.watch_queues(registry.queue_states)
     lane = OnlineLane(registry, metrics)
     store = open_job_store(settings.jobs_store)
     jobs = JobsLane(registry, store, settings.jobs_settings(), metrics)
@@ -44,6 +46,7 @@ def create_app(settings: ServerSettings) -> FastInferApp:
                 await registry.load_all()
             except Exception:  # logged, kept in registry.load_error; readiness stays false
                 return
+            tune_gc()
             if worker is not None:
                 await worker.run()
 
@@ -84,6 +87,7 @@ def run(settings: ServerSettings) -> None:
         "access_log": False, "log_level": settings.log_level, "lifespan": "on",
         "timeout_graceful_shutdown": settings.graceful_timeout_s,
         "server_header": False,
+        "interface": "asgi3",  # FastInferApp.__call__ returns an awaitable without being a coroutine itself
         # X-Forwarded-* rewriting is for deployments behind a proxy; it costs time on every request.
         "proxy_headers": False,
     }

@@ -24,7 +24,15 @@ Nothing here imports pytest, Redis, Kafka or boto3 until a function needs it.
 
 from inferlane.testing.fixtures import serve_or_fail
 from inferlane.testing.ports import LOOPBACK, accepts_connections, free_port
-from inferlane.testing.processes import all_cpu_seconds, cpu_seconds, exited, log_tail, stop_process
+from inferlane.testing.processes import (
+    all_cpu_seconds,
+    cpu_seconds,
+    exited,
+    log_tail,
+    process_tree,
+    stop_process,
+    tree_cpu_seconds,
+)
 from inferlane.testing.profiling import start_py_spy, summarize_py_spy
 from inferlane.testing.receiver import HttpReceiver
 from inferlane.testing.server import ServerProcess, is_ready, serve, start_server, wait_ready
@@ -74,6 +82,7 @@ __all__ = [
     "on_free_port",
     "pct",
     "postgres_server",
+    "process_tree",
     "pushgateway",
     "ratio",
     "redis_process",
@@ -86,6 +95,7 @@ __all__ = [
     "stop_process",
     "summarize_py_spy",
     "tansu_process",
+    "tree_cpu_seconds",
     "wait_ready",
     "wait_until",
 ]

@@ -3,6 +3,7 @@
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
     wait_until(ready, "the server answers", abort_if=[exited(proc, log_path)])
     code = stop_process(proc)          # SIGTERM, then SIGKILL after the timeout; the exit code
+    busy = tree_cpu_seconds(server.pid)  # the server and its worker processes, from /proc
 """
 
 from __future__ import annotations
@@ -71,3 +72,36 @@ def all_cpu_seconds() -> dict[int, float]:
             if seconds == seconds:  # not NaN
                 out[int(entry)] = seconds
     return out
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of a process, from /proc (Linux); None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            stat = f.read()
+        return int(stat[stat.rfind(")") + 2:].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_tree(pid: int) -> set[int]:
+    """``pid`` and every live descendant of it (a server's worker processes, say)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            parent = parent_pid(int(entry))
+            if parent is not None:
+                children.setdefault(parent, []).append(int(entry))
+    tree, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        if p not in tree:
+            tree.add(p)
+            todo += children.get(p, [])
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants so far (a descendant that exited is not
+    counted); NaN once ``pid`` is gone."""
+    return sum(cpu_seconds(p) for p in process_tree(pid))

@@ -34,45 +34,56 @@ class Signature:
         self.name = config.name
         self._dtypes = {s.name: to_numpy(s.datatype) for s in config.inputs}
         self.budget = config.batch_elements_budget
+        self._limit = config.limits.max_elements_per_input
+        self._max_rows = config.batching.max_batch_size
+        # (name, dtype, row shape or None when a dimension is variable, spec) per input, in order
+        self._specs = [(s.name, to_numpy(s.datatype), None if -1 in s.row_shape else s.row_shape, s)
+                       for s in config.inputs]
+        self._fixed = all(row is not None for _, _, row, _ in self._specs)
+        """Every row shape is fixed: any two requests may share a batch (the batch key is None)."""
+
+    def _names_error(self, inputs: Mapping[str, np.ndarray]) -> InvalidInput:
+        expected = [s.name for s in self.config.inputs]
+        extra = sorted(set(inputs) - set(expected))
+        missing = [n for n in expected if n not in inputs]
+        return InvalidInput(f"model {self.name} expects inputs {expected}"
+                            + (f"; missing {missing}" if missing else "")
+                            + (f"; unexpected {[e[:64] for e in extra[:10]]}" if extra else ""))
 
     def check(self, inputs: Mapping[str, np.ndarray], *, per_request: bool = True) -> tuple[int, int, Hashable]:
         """(rows, elements, batch key): requests with different variable dimensions have different
         keys and are never concatenated."""
-        specs = self.config.inputs
-        if len(inputs) != len(specs) or any(s.name not in inputs for s in specs):
-            expected = [s.name for s in specs]
-            extra = sorted(set(inputs) - set(expected))
-            missing = [n for n in expected if n not in inputs]
-            raise InvalidInput(f"model {self.name} expects inputs {expected}"
-                               + (f"; missing {missing}" if missing else "")
-                               + (f"; unexpected {[e[:64] for e in extra[:10]]}" if extra else ""))
+        if len(inputs) != len(self._specs):
+            raise self._names_error(inputs)
         rows = -1
         elements = 0
-        key: list[tuple[int, ...]] = []
-        limit = self.config.limits.max_elements_per_input
-        for spec in specs:
-            arr = inputs[spec.name]
-            if arr.dtype != self._dtypes[spec.name]:
-                raise InvalidInput(f"input {spec.name!r}: datatype must be {spec.datatype}")
-            if not shape_ok(arr.shape, spec.shape):
-                raise InvalidInput(f"input {spec.name!r}: shape {fmt_shape(arr.shape)} does not match "
+        for name, dtype, row_shape, spec in self._specs:
+            arr = inputs.get(name)
+            if arr is None:
+                raise self._names_error(inputs)
+            if arr.dtype != dtype:
+                raise InvalidInput(f"input {name!r}: datatype must be {spec.datatype}")
+            shape = arr.shape
+            if (shape[1:] != row_shape or len(shape) != len(spec.shape)) if row_shape is not None \
+                    else not shape_ok(shape, spec.shape):
+                raise InvalidInput(f"input {name!r}: shape {fmt_shape(shape)} does not match "
                                    f"{fmt_shape(spec.shape)}")
-            if per_request and arr.size > limit:
-                raise PayloadTooLarge(f"input {spec.name!r}: {arr.size} elements; the limit is {limit}")
+            size = arr.size
+            if per_request and size > self._limit:
+                raise PayloadTooLarge(f"input {name!r}: {size} elements; the limit is {self._limit}")
             if rows == -1:
-                rows = arr.shape[0]
-            elif arr.shape[0] != rows:
-                raise InvalidInput(f"input {spec.name!r}: {arr.shape[0]} rows, other inputs have {rows}")
-            elements += arr.size
-            key.append(arr.shape[1:])
+                rows = shape[0]
+            elif shape[0] != rows:
+                raise InvalidInput(f"input {name!r}: {shape[0]} rows, other inputs have {rows}")
+            elements += size
         if per_request:
             if rows == 0:
                 raise InvalidInput("a request must have at least one row")
-            max_rows = self.config.batching.max_batch_size
-            if rows > max_rows:
+            if rows > self._max_rows:
                 raise InvalidInput(f"request has {rows} rows; model {self.name} takes at most "
-                                   f"{max_rows} per request (batching.max_batch_size)")
+                                   f"{self._max_rows} per request (batching.max_batch_size)")
             if elements > self.budget:
                 raise PayloadTooLarge(f"request has {elements} elements; the batch budget is "
                                       f"{self.budget} (batching.max_batch_elements)")
-        return rows, elements, tuple(key)
+        key = None if self._fixed else tuple(inputs[name].shape[1:] for name, _, _, _ in self._specs)
+        return rows, elements, key

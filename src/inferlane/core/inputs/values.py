@@ -24,6 +24,7 @@ belong``).
 
 from __future__ import annotations
 
+import math
 from itertools import chain
 from typing import Any
 
@@ -101,11 +102,22 @@ Problems = list[tuple[np.ndarray, str]]
 """(element mask, problem) pairs, in the order the rules check them."""
 
 
+_ROUNDS_TO_INFINITY = {"FP16": 65520.0, "FP32": 3.4028235677973366e38, "FP64": math.inf}
+"""The smallest magnitude each float datatype rounds to infinity (its largest value plus half a step)."""
+
+
 def check_typed(arr: np.ndarray, datatype: str) -> tuple[np.ndarray, Problems]:
     """``arr`` converted to ``datatype`` where its elements are acceptable (others become 0 or
     b""), and the problems found, each with the mask of the elements it applies to."""
     dt = to_numpy(datatype)
     kind = arr.dtype.kind
+    limit = _ROUNDS_TO_INFINITY.get(datatype)
+    # The common case in two reductions: every number finite and in range (NaN fails both
+    # comparisons, like ±infinity and overflow); anything else goes the long way below.
+    if limit is not None and kind in "iuf" and (
+            not arr.size or (-limit < float(arr.min()) and float(arr.max()) < limit)):
+        source = arr if kind == "f" else arr.astype(np.float64)  # every number is read as a 64-bit float
+        return source.astype(dt, copy=False), []
     everything = np.ones(arr.shape, dtype=bool)
     if datatype == "BYTES":
         if kind not in "OUS":
@@ -224,9 +236,40 @@ def _json_array(data: Any, dtype: Any = None) -> np.ndarray:
         raise ValueProblem(f"values that cannot be read: {str(e)[:200]}") from None
 
 
+_FLOATS = frozenset({float})
+_NUMBERS = frozenset({float, int})
+_INTS = frozenset({int})
+
+
+def _flat_numbers(data: list[Any], datatype: str) -> np.ndarray | None:
+    """The common case without NumPy's type inference: a flat list of plain JSON numbers (no
+    true/false, strings or nulls: ``type(True)`` is not ``int``), range-checked with the builtin
+    min and max. None when the list is anything else (the general path decides)."""
+    kinds = set(map(type, data))
+    dt = to_numpy(datatype)
+    if dt.kind == "f":
+        if not kinds <= _NUMBERS:
+            return None
+        limit = _ROUNDS_TO_INFINITY[datatype]
+        if not (-limit < min(data) and max(data) < limit):
+            return None
+        if kinds <= _FLOATS:  # a float is a 64-bit float: rounded to the datatype once
+            return np.array(data, dtype=dt)
+        return np.array(data, dtype=np.float64).astype(dt)  # every number is read as a 64-bit float
+    if dt.kind in "iu" and kinds <= _INTS:
+        info = np.iinfo(dt)
+        if info.min <= min(data) and max(data) <= info.max:
+            return np.array(data, dtype=dt)
+    return None
+
+
 def from_json(data: Any, datatype: str) -> np.ndarray:
     """JSON values (a scalar or nested lists) as an array of ``datatype``; ValueProblem if any
     value breaks the rules. The array keeps the nesting as its shape."""
+    if type(data) is list and 0 < len(data) <= 4096 and datatype != "BYTES" and datatype != "BOOL":
+        fast = _flat_numbers(data, datatype)
+        if fast is not None:
+            return fast
     if datatype == "BYTES":
         arr = _json_array(data, object)
         if arr.ndim > MAX_DEPTH:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inferlane.core.cpus import ThreadPlan
 from inferlane.core.datatypes import to_numpy
 from inferlane.core.errors import ConfigError
 from inferlane.core.runtimes.base import Batch
@@ -23,15 +24,16 @@ _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
 
 
 class OnnxRuntime:
-    def __init__(self, config: ModelConfig, version_dir: Path) -> None:
+    def __init__(self, config: ModelConfig, version_dir: Path, plan: ThreadPlan) -> None:
         import onnxruntime as ort
 
         opts = config.onnx or OnnxOptions()
         so = ort.SessionOptions()
-        so.intra_op_num_threads = opts.intra_op_num_threads
-        so.inter_op_num_threads = opts.inter_op_num_threads
-        if not opts.allow_spinning:
+        so.intra_op_num_threads = plan.threads
+        so.inter_op_num_threads = opts.inter_op_num_threads or 1  # sequential execution: no inter-op pool
+        if not plan.spinning:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[opts.graph_optimization_level])
         available = set(ort.get_available_providers())
         providers = [p for p in opts.providers if p in available] or ["CPUExecutionProvider"]

@@ -38,7 +38,7 @@ class BatchJob:
     batch_size: int = 4096
     shard_rows: int = 262_144
     threads: int = 0
-    """Model threads; 0 = every core."""
+    """Model threads; 0 = every CPU the process may use (core/cpus.py)."""
     max_reject_ratio: float = 0.01
     retries: int = 3
     retry_backoff_s: float = 0.5

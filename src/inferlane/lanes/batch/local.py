@@ -1,7 +1,7 @@
 """The local engine: the shard steps of shards.py on this machine, overlapped in three stages.
 
 A reader thread reads and decodes the next shards (at most two ahead), this thread runs the model
-(one caller, so the model's own threads use every core), and a writer thread commits finished
+(one caller, so the model's own threads use every usable CPU), and a writer thread commits finished
 shards in order (at most two waiting).
 """
 

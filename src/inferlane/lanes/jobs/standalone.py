@@ -32,6 +32,7 @@ def run_worker(repository: Path, store_url: str, settings: JobsSettings, *, metr
     stop_metrics = metrics.serve(metrics_port, metrics_host) if metrics_port is not None else None
     try:
         registry = ModelRegistry.from_repository(repository, observer_factory=metrics.batch_observer)
+        metrics.watch_queues(registry.queue_states)
         store = open_job_store(store_url)
         try:
             asyncio.run(_work(JobsLane(registry, store, settings, metrics), store_url, graceful_timeout_s))

@@ -17,8 +17,10 @@ from typing import Any
 from inferlane.core.inputs import RecordDecoder
 from inferlane.core.metrics import Metrics
 from inferlane.core.model import ModelVersion
+from inferlane.core.process import tune_gc
+from inferlane.core.repository import locate_version
 from inferlane.lanes.stream.metrics import StreamMetrics
-from inferlane.lanes.stream.runner import StreamRunner, StreamSettings, tune_gc
+from inferlane.lanes.stream.runner import StreamRunner, StreamSettings
 from inferlane.lanes.stream.sinks import open_dead_letters, open_stream_sink
 from inferlane.lanes.stream.sources import open_source
 
@@ -50,22 +52,26 @@ def run_stream(job: StreamJob, stop: threading.Event, *, on_start: Callable[[str
     """Run until ``stop`` is set (or ``settings.idle_exit_s``); returns the report. ConfigError for
     bad usage; a failed stage's error is raised after what was written before it is committed."""
     job.settings.check()
-    model = ModelVersion.open(job.model, job.version, job.threads)
+    # Everything that can be wrong with the job is found before the model loads (a big model takes
+    # a while): the version, the columns, and every source, sink and port the job names.
+    entry, version = locate_version(job.model, job.version)
+    decoder = RecordDecoder.create(entry.config, job.key, job.columns)
     opened: list[Any] = []
+    model: ModelVersion | None = None
     try:
-        model.warmup()
-        decoder = RecordDecoder.create(model.config, job.key, job.columns)
         sink = open_stream_sink(job.sink, key_field=job.key, table=job.table)
         opened.append(sink)
-        dlq = open_dead_letters(job.dlq, group=job.group, model=model.name, version=model.version)
+        dlq = open_dead_letters(job.dlq, group=job.group, model=entry.name, version=version)
         opened.append(dlq)
         source = open_source(job.source, job.group, start=job.start, max_wait_ms=int(job.settings.max_wait_ms),
                              consumer=job.consumer, claim_idle_ms=job.claim_idle_ms)
         opened.append(source)
         metrics = metrics or Metrics()
-        stream_metrics = StreamMetrics(model.name, model.version, metrics)
+        stream_metrics = StreamMetrics(entry.name, version, metrics)
         if job.metrics_port is not None:
             metrics.serve(job.metrics_port, job.metrics_host)
+        model = ModelVersion.load(entry.config, entry.path, version, role="batch", threads=job.threads)
+        model.warmup()
         runner = StreamRunner(model, decoder, source, sink, dlq, job.settings, stream_metrics)
         tune_gc()
         if on_start is not None:
@@ -76,4 +82,5 @@ def run_stream(job: StreamJob, stop: threading.Event, *, on_start: Callable[[str
         for part in reversed(opened):
             with contextlib.suppress(Exception):
                 part.close()
-        model.close()
+        if model is not None:
+            model.close()

@@ -22,7 +22,6 @@ killed process commits nothing it has not written: its events are delivered agai
 
 from __future__ import annotations
 
-import gc
 import logging
 import queue
 import threading
@@ -352,16 +351,6 @@ class StreamRunner:
             if self._abort.is_set() and is_transient(e):
                 raise _Aborted from e
             raise
-
-
-def tune_gc() -> None:
-    """For a process that runs the stream lane: move what is loaded out of the collector's view and
-    collect less often. Scoring allocates many short-lived containers (events, parsed JSON) that
-    reference counting frees; at the default threshold the cyclic collector ran every few hundred
-    events and took about a tenth of the time. Cycles are still collected."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
 
 
 def _concat(parts: list[Scored]) -> Scored:

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope
 
 from inferlane.core.errors import InvalidInput, PayloadTooLarge, RequestTimeout
 
@@ -20,9 +21,8 @@ def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = 
     return Response(orjson.dumps(doc), status, headers=headers, media_type=JSON)
 
 
-def header_int(request: Request, name: str) -> int | None:
-    """A header holding a non-negative decimal integer (ASCII digits only), or None if absent."""
-    value = request.headers.get(name)
+def int_header(value: str | None, name: str) -> int | None:
+    """A header value holding a non-negative decimal integer (ASCII digits only), or None if absent."""
     if value is None:
         return None
     if not _DECIMAL.fullmatch(value):
@@ -31,14 +31,32 @@ def header_int(request: Request, name: str) -> int | None:
     return int(value) if len(value) <= 18 else 10**18
 
 
+def header_int(request: Request, name: str) -> int | None:
+    return int_header(request.headers.get(name), name)
+
+
+def scope_headers(scope: Scope, names: frozenset[bytes]) -> dict[bytes, str]:
+    """The values of ``names`` (lower-case) among the request's headers, in one pass (the last of
+    repeated ones wins, as Starlette does)."""
+    found: dict[bytes, str] = {}
+    for key, value in scope["headers"]:
+        if key in names:
+            found[key] = value.decode("latin-1")
+    return found
+
+
 async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
     """The body, refusing anything over ``limit`` bytes before reading it where possible, and
     answering 408 to a client that has not sent all of it within ``timeout_s``."""
-    length = header_int(request, "content-length")
+    return await receive_body(request.receive, header_int(request, "content-length"), limit, timeout_s)
+
+
+async def receive_body(receive: Receive, length: int | None, limit: int, timeout_s: float = 30.0) -> bytes:
+    """:func:`read_body` on the raw ASGI ``receive`` (the inference hot path has no Request object)."""
     if length is not None and length > limit:
         raise PayloadTooLarge(f"body of {length} bytes exceeds the model's limit of {limit} bytes")
     # Fast path: a small body arrives whole in the first ASGI message (no timer, no generator).
-    message = await request.receive()
+    message = await receive()
     if message["type"] == "http.request" and not message.get("more_body", False):
         body: bytes = message.get("body", b"")
         if len(body) > limit:
@@ -51,7 +69,7 @@ async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> by
     try:
         async with asyncio.timeout(timeout_s):
             while True:
-                message = await request.receive()
+                message = await receive()
                 if message["type"] != "http.request":
                     raise ClientDisconnect()
                 chunk = message.get("body", b"")

@@ -1,0 +1,123 @@
+"""The inference hot path: ``POST /v2/models/{name}[/versions/{v}]/infer`` on raw ASGI.
+
+NOTE: profiling the online lane showed a third of the server's time in Starlette's router (every
+route's regex tried in turn), its middleware, and its Request and Response objects. This route
+needs none of them: it reads the three headers it uses in one pass over the raw header list,
+reads the body from ``receive``, and sends the answer as two ASGI messages. Every error is an
+InferlaneError, mapped to its status by ``error_parts``. Other routes keep Starlette.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from inferlane.core import codec
+from inferlane.core.errors import InferlaneError, InvalidInput, QueueFull
+from inferlane.lanes.online import OnlineLane, OnlineResult
+from inferlane.transport.http.body import int_header, receive_body, scope_headers
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_HEADER = "inferlane-timeout-ms"
+_CONTENT_LENGTH = b"content-length"
+_HEADER_LENGTH = codec.HEADER_LENGTH.encode()
+_TIMEOUT = TIMEOUT_HEADER.encode()
+_WANTED = frozenset({_CONTENT_LENGTH, _HEADER_LENGTH, _TIMEOUT})
+_JSON_TYPE = (b"content-type", b"application/json")
+_BINARY_TYPE = (b"content-type", b"application/octet-stream")
+_MILLISECONDS = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+
+Parts = tuple[int, list[tuple[bytes, bytes]], bytes]
+"""(status, headers, body) of an answer."""
+
+
+def timeout_s(header: str | None, parameters: dict[str, Any]) -> float | None:
+    """Header ``inferlane-timeout-ms`` (milliseconds) or parameter ``timeout`` (microseconds,
+    as Triton clients send it); the smaller wins."""
+    found: list[float] = []
+    if header is not None:
+        if not _MILLISECONDS.fullmatch(header):
+            raise InvalidInput(f"{TIMEOUT_HEADER} must be a number of milliseconds, not {header[:40]!r}")
+        ms = float(header)
+        if not 0 <= ms <= 3_600_000:
+            raise InvalidInput(f"{TIMEOUT_HEADER} must be between 0 and 3600000, not {header[:40]}")
+        found.append(ms / 1000.0)
+    t = parameters.get("timeout")
+    if t is not None:
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= 3.6e9:
+            raise InvalidInput("parameters.timeout must be microseconds between 0 and 3.6e9")
+        found.append(t / 1e6)
+    return min(found) if found else None
+
+
+def server_timing(r: OnlineResult) -> bytes:
+    """``Server-Timing``: queue, forward and total milliseconds, and the rows of the batch."""
+    p = r.prediction
+    return b'queue;dur=%.3f, forward;dur=%.3f, total;dur=%.3f, batch;desc="%d rows"' % (
+        p.queue_s * 1e3, p.forward_s * 1e3, r.total_s * 1e3, p.batch_rows)
+
+
+def error_parts(e: InferlaneError) -> Parts:
+    """The answer to an error: its status, ``{"error": message}``, and Retry-After when the queue is full."""
+    body = orjson.dumps({"error": e.message})
+    headers = [_JSON_TYPE, (b"content-length", str(len(body)).encode())]
+    if isinstance(e, QueueFull):
+        headers.append((b"retry-after", str(e.retry_after).encode()))
+    return e.http_status, headers, body
+
+
+def match(scope: Scope) -> tuple[str, str | None] | None:
+    """(model, version) when ``scope`` is a POST to an infer route, else None."""
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return None
+    path: str = scope["path"]
+    if not (path.startswith("/v2/models/") and path.endswith("/infer")):
+        return None
+    parts = path[len("/v2/models/"):-len("/infer")].split("/")
+    if len(parts) == 1 and parts[0]:
+        return parts[0], None
+    if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+        return parts[0], parts[2]
+    return None
+
+
+class InferRoute:
+    """Answers one V2 inference request through the online lane."""
+
+    def __init__(self, lane: OnlineLane, body_timeout_s: float) -> None:
+        self.lane = lane
+        self.body_timeout_s = body_timeout_s
+
+    async def parts(self, name: str, version: str | None, scope: Scope, receive: Receive) -> Parts:
+        mv = self.lane.registry.get(name, version)
+        limits = mv.config.limits
+        headers = scope_headers(scope, _WANTED)
+        length = int_header(headers.get(_CONTENT_LENGTH), "content-length")
+        body = await receive_body(receive, length, limits.max_request_bytes, self.body_timeout_s)
+        req = codec.parse_infer_request(body, int_header(headers.get(_HEADER_LENGTH), codec.HEADER_LENGTH),
+                                        limits.max_elements_per_input)
+        codec.check_requested_outputs(req, mv.config)
+        result = await self.lane.infer_on(mv, req.inputs, timeout_s(headers.get(_TIMEOUT), req.parameters))
+        out, out_header_length = codec.encode_infer_response(
+            result.model.name, result.model.version, result.prediction.outputs, req)
+        answer = [_JSON_TYPE if out_header_length is None else _BINARY_TYPE,
+                  (b"content-length", b"%d" % len(out)), (b"server-timing", server_timing(result))]
+        if out_header_length is not None:
+            answer.append((_HEADER_LENGTH, str(out_header_length).encode()))
+        return 200, answer, out
+
+    async def __call__(self, name: str, version: str | None, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            status, headers, body = await self.parts(name, version, scope, receive)
+        except InferlaneError as e:
+            status, headers, body = error_parts(e)
+        except Exception:
+            log.exception("unexpected error on POST %s", scope["path"])
+            status, headers, body = error_parts(InferlaneError("internal error"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
