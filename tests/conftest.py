@@ -46,6 +46,16 @@ def write_slow_model(repo: Path, name: str = "slow", delay: float = 0.05, **batc
     return d
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _state_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every lane's state folder (core/state.py) is a temporary one: no test, and no server or
+    lane a test starts, keeps state in the checkout."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("INFERLANE_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """fraud (ONNX, sklearn-trained) and slow (Python class, 50 ms per batch)."""

@@ -384,13 +384,14 @@ def batch_decisions(model_dir: Path, folder: Path, fmt: str) -> dict[str, bool]:
                 elif c.parquet is not None:
                     cols[f] = pa.array([c.parquet[0]], c.parquet[1])
             pq.write_table(pa.table(cols), folder / f"case-{i:02d}.parquet")
+    out = folder.parent / f"{folder.name}-out"  # beside the input folder: an output never sits inside it
     report = run_batch(BatchJob(model=str(model_dir), input=str(folder), input_format=fmt,  # type: ignore[arg-type]
-                                output=str(folder / "out"), key=["id"], job_id=f"hostile-{fmt}",
+                                output=str(out), key=["id"], job_id=f"hostile-{fmt}",
                                 columns={} if fmt == "jsonl" else {"features": FIELDS}, max_reject_ratio=1.0,
                                 progress=False))
     assert report["shards_failed"] == 0, report
-    written = set(pq.read_table(folder / "out").column("id").to_pylist()) if report["rows_written"] else set()
-    rejects = [orjson.loads(line) for p in (folder / "out" / "_rejects").glob("*.jsonl")
+    written = set(pq.read_table(out).column("id").to_pylist()) if report["rows_written"] else set()
+    rejects = [orjson.loads(line) for p in (out / "_rejects").glob("*.jsonl")
                for line in p.read_bytes().splitlines()]
     if fmt == "parquet":  # one file per case: every reject has the case's key
         rejected = {int(r["key"]) for r in rejects}

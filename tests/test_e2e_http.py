@@ -159,6 +159,8 @@ def test_server_metadata_and_docs(server: Server) -> None:
     meta = httpx.get(f"{server.url}/v2").json()
     assert meta["name"] == "inferlane"
     assert "binary_tensor_data" in meta["extensions"]
+    if "statistics" in meta["extensions"]:  # advertised only when its route exists
+        assert httpx.get(f"{server.url}/v2/models/fraud/stats").status_code == 200
     spec = httpx.get(f"{server.url}/openapi.json").json()
     assert "/v2/models/{name}/infer" in spec["paths"]
     assert "swagger-ui" in httpx.get(f"{server.url}/docs").text
@@ -293,7 +295,7 @@ def test_a_stalled_body_is_answered_408(model_repo: Path, tmp_path: Path) -> Non
     try:
         wait_ready(port, proc)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(b"POST /v2/models/fraud/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            s.sendall(b"POST /v2/models/fraud/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{")
             reply = b""
             while b"within" not in reply and (chunk := s.recv(4096)):
                 reply += chunk
@@ -305,3 +307,39 @@ def test_a_stalled_body_is_answered_408(model_repo: Path, tmp_path: Path) -> Non
         assert r.status_code == 200
     finally:
         stop_process(proc)
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(model_repo: Path) -> None:
+    import socket
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "inferlane", "serve", str(model_repo), "--port", str(port)],
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(choose another with --port / INFERLANE_PORT, or --host / INFERLANE_HOST)"], r.stderr
+
+
+def test_serve_takes_the_repository_from_the_environment(model_repo: Path, tmp_path: Path) -> None:
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "inferlane", "serve", "--port", "0"], capture_output=True, text=True,
+                       timeout=60, env={k: v for k, v in os.environ.items() if k != "INFERLANE_MODEL_REPOSITORY"})
+    assert r.returncode == 2
+    assert "give its folder (inferlane serve models/) or set INFERLANE_MODEL_REPOSITORY" in r.stderr
+    port, log = free_port(), tmp_path / "log"
+    env = {**os.environ, "INFERLANE_MODEL_REPOSITORY": str(model_repo),
+           "INFERLANE_JOBS_STORE": f"sqlite:///{tmp_path / 'jobs.db'}"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "inferlane", "serve", "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_ready(port, proc, log=log)
+        assert httpx.get(f"http://127.0.0.1:{port}/v2/models/fraud").json()["name"] == "fraud"
+    finally:
+        assert stop_process(proc) == 0

@@ -352,6 +352,21 @@ def test_deeply_nested_json(client: httpx.Client) -> None:
           "input 'features': lists nested more than 32 levels deep")
 
 
+@pytest.mark.parametrize("levels", [33, 300, 1000])
+def test_deeply_nested_parameters_are_400_before_the_model_runs(client: httpx.Client, levels: int) -> None:
+    # orjson reads up to 1024 levels but writes at most 254: past that the echo failed (500) after
+    # the model ran.
+    body = b'{"parameters": {"p": ' + b"[" * (levels - 1) + b"]" * (levels - 1) + b'}, "inputs": ['
+    body += orjson.dumps(tensor()) + b"]}"
+    error(client.post(INFER, content=body), 400, "parameters nest more than 32 levels deep")
+    nested: Any = 1
+    for _ in range(30):
+        nested = [nested]
+    r = client.post(INFER, content=v2(parameters={"p": nested}))
+    assert r.status_code == 200, r.text
+    assert r.json()["parameters"] == {"p": nested}
+
+
 def test_slow_model_rows(client: httpx.Client) -> None:
     body = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4],
                                      "data": [1.0] * 8}]})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -323,7 +324,7 @@ async def test_create_app_serves_once_its_lifespan_has_loaded_the_models(echo_re
     app = create_app(settings)
     starlette = app.app
     async with starlette.router.lifespan_context(starlette), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://inferlane") as c:
+            transport=httpx.ASGITransport(app=app), base_url="http://localhost") as c:  # listening on loopback
         assert (await c.get("/v2/health/live")).status_code == 200
         # The lifespan loads the models in the background; readiness is what says it is done.
         deadline = time.monotonic() + 30
@@ -334,3 +335,69 @@ async def test_create_app_serves_once_its_lifespan_has_loaded_the_models(echo_re
         job = await c.post("/v2/models/echo/jobs", content=v2(ONE))
     assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [2.0] * 4
     assert job.status_code == 202 and job.json()["status"] == "queued"
+
+
+# --- what a failing model tells clients ---------------------------------------------------------------
+
+LEAKY_MODEL = '''
+class Model:
+    def load(self, version_dir):
+        self.secret = version_dir / "weights.bin"
+        if (version_dir / "fail-load").exists():
+            raise RuntimeError(f"cannot open {self.secret}")
+
+    def predict(self, batch):
+        if batch["x"].sum() > 1e6:
+            raise ValueError(f"overflow reading {self.secret}")
+        return {"y": batch["x"]}
+'''
+
+
+def write_leaky_model(repo: Path, *, fail_load: bool) -> Path:
+    d = repo / "leaky"
+    (d / "1").mkdir(parents=True)
+    (d / "1" / "model.py").write_text(LEAKY_MODEL)
+    if fail_load:
+        (d / "1" / "fail-load").write_text("")
+    (d / "model.yaml").write_text(yaml.safe_dump({
+        "runtime": "python",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
+        "warmup": {"batch_sizes": [1]},
+    }))
+    return d
+
+
+def request_id(message: str) -> str:
+    found = re.search(r"\(request id ([0-9a-f]{16}); the server log has the details\)", message)
+    assert found, message
+    return found.group(1)
+
+
+async def test_a_model_failure_reaches_the_client_as_a_request_id(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    d = write_leaky_model(tmp_path, fail_load=False)
+    async with app_client(tmp_path) as c:
+        r = await c.post("/v2/models/leaky/infer", content=v2(np.full((1, 4), 1e7, np.float32)))
+    assert r.status_code == 500
+    assert str(d) not in r.text and "overflow" not in r.text
+    rid = request_id(r.json()["error"])
+    assert r.json()["error"].startswith("the model failed on this request")
+    logged = [rec.getMessage() for rec in caplog.records if rid in rec.getMessage()]
+    assert logged and str(d / "1" / "weights.bin") in logged[0]
+
+
+async def test_a_load_failure_reaches_the_client_as_a_request_id(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    d = write_leaky_model(tmp_path, fail_load=True)
+    async with serving(tmp_path, load=False) as (c, registry):
+        with pytest.raises(Exception, match="cannot open"):
+            await registry.load_all()
+        r = await c.get("/v2/health/ready")
+        again = await c.get("/v2/health/ready")
+    assert r.status_code == 503
+    assert str(d) not in r.text and "cannot open" not in r.text
+    assert again.json() == r.json()  # one id per failure, logged once
+    rid = request_id(r.json()["error"])
+    assert r.json()["error"].startswith("model loading failed")
+    assert any(rid in rec.getMessage() and str(d) in rec.getMessage() for rec in caplog.records)

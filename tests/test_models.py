@@ -192,7 +192,7 @@ def test_score_checks_the_signature_and_runs_in_chunks(tmp_path: Path) -> None:
     mv = load(python_model(tmp_path))
     x = np.arange(30, dtype=np.float32).reshape(10, 3)
     np.testing.assert_array_equal(mv.score({"x": x}, chunk_rows=3)["y"], mv.forward({"x": x})["y"])
-    with pytest.raises(InvalidInput, match="datatype must be FP32"):
+    with pytest.raises(InvalidInput, match=r"datatype must be FP32, got FP64$"):
         mv.score({"x": x.astype(np.float64)}, chunk_rows=3)
     with pytest.raises(InvalidInput, match=re.escape("shape [10, 2] does not match [-1, 3]")):
         mv.score({"x": x[:, :2]}, chunk_rows=3)
@@ -204,8 +204,10 @@ def test_request_checks_name_dtype_shape_and_limits(model_repo: Path) -> None:
     assert mv.check_inputs({"features": ok})[:2] == (2, 60)
     with pytest.raises(InvalidInput, match=re.escape("missing ['features']; unexpected ['feature']")):
         mv.check_inputs({"feature": ok})
-    with pytest.raises(InvalidInput, match="datatype must be FP32"):
+    with pytest.raises(InvalidInput, match=r"datatype must be FP32, got FP64$"):
         mv.check_inputs({"features": ok.astype(np.float64)})
+    with pytest.raises(InvalidInput, match=r"datatype must be FP32, got numpy complex64$"):
+        mv.check_inputs({"features": ok.astype(np.complex64)})
     with pytest.raises(InvalidInput, match=r"shape \[2, 29\] does not match \[-1, 30\]"):
         mv.check_inputs({"features": ok[:, :29]})
     with pytest.raises(InvalidInput, match="at most 64 per request"):
@@ -222,11 +224,20 @@ def test_element_limit_is_413(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"inputs": [{"name": "x", "datatype": "FP23", "shape": [-1, 3]}]},
-     "inputs.0.datatype: Value error, unknown datatype 'FP23'"),
+     "inputs.0.datatype: unknown datatype 'FP23'; did you mean FP32?"),
+    ({"inputs": [{"name": "x", "datatype": "float64", "shape": [-1, 3]}]},
+     "inputs.0.datatype: unknown datatype 'float64'; did you mean FP64?"),
+    ({"inputs": [{"name": "x", "datatype": "QQ", "shape": [-1, 3]}]},
+     "inputs.0.datatype: unknown datatype 'QQ'; use one of BOOL, UINT8"),
     ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [3, 3]}]},
-     "inputs.0.shape: Value error, the first dimension is the batch"),
+     "inputs.0.shape: the first dimension is the batch"),
     ({"batching": {"max_batch_size": 0}}, "batching.max_batch_size: Input should be greater than or equal to 1"),
-    ({"batching": {"max_batch_sise": 8}}, "batching.max_batch_sise: Extra inputs are not permitted"),
+    ({"batching": {"max_batchsize": 8}}, "unknown field batching.max_batchsize: did you mean max_batch_size?"),
+    ({"inputs": [{"nme": "x", "datatype": "FP32", "shape": [-1, 3]}]},
+     "unknown field inputs.0.nme: did you mean name?"),
+    ({"python": {"klass": "Model"}}, "unknown field python.klass: did you mean class?"),
+    ({"max_batch_size": 8}, "unknown field max_batch_size: it belongs under batching:"),
+    ({"colour": "red"}, "unknown field colour: known fields are name, runtime, artifact"),
     ({"runtime": "tensorflow"}, "runtime: Input should be 'onnx', 'sklearn' or 'python'"),
     ({"preprocess": "os.system"}, "preprocess: String should match pattern"),
 ])
@@ -238,6 +249,21 @@ def test_config_errors_name_the_field(tmp_path: Path, change: dict[str, object],
         scan_model(d)
     assert message in info.value.message
     assert str(d / "model.yaml") in info.value.message
+    assert info.value.message.count("\n") == 1, info.value.message  # the file, then one problem
+
+
+def test_a_bad_tensor_is_one_line_not_pydantic_noise(tmp_path: Path) -> None:
+    # pydantic also reports the enclosing list as "too short" when its only item fails.
+    d = python_model(tmp_path)
+    cfg = yaml.safe_load((d / "model.yaml").read_text())
+    write_yaml(d / "model.yaml", {**cfg, "inputs": [{"name": "x", "datatype": "FP23", "shape": [-1, 3]}]})
+    with pytest.raises(ConfigError) as info:
+        scan_model(d)
+    assert info.value.message.splitlines()[1:] == [
+        "  inputs.0.datatype: unknown datatype 'FP23'; did you mean FP32?"]
+    write_yaml(d / "model.yaml", {**cfg, "outputs": []})
+    with pytest.raises(ConfigError, match=re.escape("outputs: must not be empty")):
+        scan_model(d)
 
 
 def test_onnx_signature_mismatch_names_the_field(tmp_path: Path, model_repo: Path) -> None:
@@ -296,5 +322,25 @@ def test_models_validate_cli(model_repo: Path, tmp_path: Path) -> None:
     (d / "model.yaml").write_text("runtime: onnx\ninputs: []\n")
     usage = run_cli("models", "validate", str(tmp_path))
     assert usage.returncode == 2
-    assert "inputs: Tuple should have at least 1 item" in usage.stderr
+    assert "inputs: must not be empty" in usage.stderr
     assert "outputs: Field required" in usage.stderr
+
+
+@pytest.mark.parametrize("artifact", ["../../etc/passwd", "/etc/passwd", "sub/../../model.py", ""])
+def test_artifact_path_outside_the_version_folder_is_refused(tmp_path: Path, artifact: str) -> None:
+    d = python_model(tmp_path, artifact=artifact)
+    with pytest.raises(ConfigError, match=re.escape(
+            f"artifact: {artifact!r} must be a file name relative to the version folder")):
+        scan_model(d)
+
+
+def test_artifact_symlink_leading_out_of_the_version_folder_is_refused(tmp_path: Path) -> None:
+    d = python_model(tmp_path, artifact="link.py")
+    outside = tmp_path / "elsewhere.py"
+    outside.write_text(PY_MODEL)
+    (d / "1" / "link.py").symlink_to(outside)
+    with pytest.raises(ConfigError, match="'artifact' must name a file inside the version folder"):
+        load(d)
+    (d / "1" / "link.py").unlink()
+    (d / "1" / "link.py").symlink_to(d / "1" / "model.py")  # a link that stays inside is fine
+    assert load(d).forward({"x": np.ones((1, 3), np.float32)})["y"].shape == (1, 1)

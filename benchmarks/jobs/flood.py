@@ -8,8 +8,8 @@ running the jobs on the same cores. One run measures, on the server with in-proc
   flood  the same online traffic while the submitter process submits --flood-jobs jobs at once and
          the workers drain them, until nothing is queued or running.
 
-The figure is the flood p99 and its ratio to the quiet p99; the online lane's budget (DESIGN.md:
-10-100 ms) is shown as a target. Every online answer must be 200 and every job must succeed.
+The figure is the flood p99 and its ratio to the quiet p99; the online lane's latency budget
+(10-100 ms per request) is shown as a target. Every online answer must be 200 and every job must succeed.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from benchmarks.jobs.submitter import HOST
 ONLINE_CONCURRENCY = 4
 SUBMIT_CONCURRENCY = 16
 ONLINE_BUDGET_MS = 100.0
-"""The top of the online lane's latency budget (DESIGN.md)."""
+"""The top of the online lane's latency budget (10-100 ms per request)."""
 
 
 @dataclass

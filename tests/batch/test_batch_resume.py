@@ -25,6 +25,7 @@ import pytest
 
 from inferlane.demo.models import synthetic_transactions
 from inferlane.lanes.batch import BatchJob, run_batch
+from inferlane.testing import exited, wait_until
 
 N_ROWS = 120_000
 SHARD_ROWS = 10_000
@@ -296,3 +297,68 @@ def test_postgres_shard_failing_in_its_transaction_leaves_nothing_and_retries_wh
                     (4, 2.0, 0.4, False, "d", at)]
     assert types == {"id": "bigint", "p": "real", "score": "double precision", "ok": "boolean", "name": "text",
                      "at": "timestamp with time zone"}
+
+
+@pytest.mark.e2e
+def test_ctrl_c_says_how_far_the_job_got_and_a_rerun_resumes(model_repo: Path, big_input: Path,
+                                                              tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cmd = cli(model_repo, big_input, str(out), "ctrl-c")
+    log = tmp_path / "interrupted.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        wait_until(lambda: manifest_lines(out) >= 1, "a shard is committed", timeout_s=60,
+                   abort_if=[exited(proc, log)])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130, log.read_text()
+    finally:
+        proc.kill()
+        proc.wait(30)
+    done = manifest_lines(out)
+    assert 1 <= done < N_SHARDS, f"{done} shards committed when Ctrl-C stopped the job"
+    text = log.read_text()
+    assert f"interrupted: {done} of {N_SHARDS} shards done ({done} this run" in text, text
+    assert f"{done * SHARD_ROWS} rows read this run" in text
+    assert "re-run the same command to resume" in text
+    assert "Traceback" not in text
+
+    report = resume(cmd, tmp_path)
+    assert report["shards_skipped_already_done"] == done
+    assert report["rows_read_earlier_runs"] == done * SHARD_ROWS
+    assert report["rows_read_this_run"] == N_ROWS - done * SHARD_ROWS
+    assert report["rows_written"] == N_ROWS
+
+
+def test_postgres_restarted_during_a_job_is_retried_and_nothing_duplicates(model_repo: Path, big_input: Path,
+                                                                            reference: pa.Table,
+                                                                            tmp_path: Path) -> None:
+    from inferlane.testing import postgres_server
+    from inferlane.testing.services.postgres import _as_postgres, postgres_bindir
+
+    with postgres_server() as dsn, psycopg.connect(dsn, autocommit=True) as admin:
+        row = admin.execute("SHOW data_directory").fetchone()
+        assert row is not None
+        spec = job(model_repo, big_input, dsn, "pg-restart", table="scores_restart", retries=6,
+                   retry_backoff_s=0.2, rejects_dir=str(tmp_path / "rejects"))
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(run_batch, spec)
+            wait_until(lambda: manifest_rows(admin, "pg-restart") >= 1, "a shard is committed", timeout_s=60,
+                       abort_if=[lambda: f"the job ended: {running.result()}" if running.done() else None])
+            assert manifest_rows(admin, "pg-restart") < N_SHARDS
+            prefix, _, _ = _as_postgres()
+            data = Path(row[0])
+            # The server's output to its own log: a pipe of ours would be held open by the new server.
+            restarted = subprocess.run([*prefix, str(postgres_bindir() / "pg_ctl"), "-D", str(data), "-l",
+                                        str(data.parent / "server.log"), "-m", "fast", "-w", "restart"],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                       timeout=60)
+            assert restarted.returncode == 0
+            report = running.result(timeout=120)
+        assert report["retries"] >= 1
+        if report["status"] != "succeeded":  # retries ran out: the failure is reported and a re-run resumes
+            assert report["shards_failed"] > 0 and report["failures"]
+            report = run_batch(spec)
+        assert report["status"] == "succeeded", report["failures"]
+        assert report["rows_written"] == N_ROWS
+        check_table(dsn, "scores_restart", reference)

@@ -67,3 +67,54 @@ def test_unusable_names_are_refused(tmp_path: Path, name: str) -> None:
             writer.write(pa.table({"id": [1], name: [1.0]}))
     finally:
         writer.close()
+
+
+HOSTILE_OUTPUT = 'x"; DROP TABLE victims; --'
+ECHO = '''
+class Model:
+    def predict(self, batch):
+        return {OUTPUT: batch["features"].sum(axis=1)}
+'''
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_batch_job_with_hostile_tensor_and_key_names(backend: str, tmp_path: Path, request: pytest.FixtureRequest
+                                                       ) -> None:
+    """Names from model.yaml (outputs) and --key (input columns) reach SQL only quoted."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    from inferlane.lanes.batch import BatchJob, run_batch
+
+    model = tmp_path / "hostile"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text(f"OUTPUT = {HOSTILE_OUTPUT!r}\n{ECHO}")
+    (model / "model.yaml").write_text(yaml.safe_dump({
+        "runtime": "python",
+        "inputs": [{"name": "features", "datatype": "FP64", "shape": [-1, 2]}],
+        "outputs": [{"name": HOSTILE_OUTPUT, "datatype": "FP64", "shape": [-1]}]}))
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({HOSTILE_KEY: pa.array([1, 2, 3], pa.int64()), "a": [1.0, 2.0, 3.0],
+                             "b": [0.5, 0.5, 0.5]}), tmp_path / "in" / "x.parquet")
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 's.db'}"
+        with sqlite3.connect(tmp_path / "s.db") as conn:
+            conn.execute("CREATE TABLE victims (x INTEGER)")
+    else:
+        url = request.getfixturevalue("postgres_dsn")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS victims (x INTEGER)")
+    report = run_batch(BatchJob(model=str(model), input=str(tmp_path / "in"), output=url, key=[HOSTILE_KEY],
+                                job_id=f"hostile-{backend}", table=TABLE + "_batch", progress=False,
+                                state_dir=str(tmp_path / "state")))
+    assert report["status"] == "succeeded" and report["rows_written"] == 3
+    query = f'SELECT "{HOSTILE_KEY.replace(chr(34), chr(34) * 2)}", "{HOSTILE_OUTPUT.replace(chr(34), chr(34) * 2)}" ' \
+            'FROM "out""put_batch" ORDER BY 1'
+    if backend == "sqlite":
+        with sqlite3.connect(tmp_path / "s.db") as conn:
+            assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'victims'").fetchone() == ("victims",)
+            assert conn.execute(query).fetchall() == [(1, 1.5), (2, 2.5), (3, 3.5)]
+    else:
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT to_regclass('victims')").fetchone() == ("victims",)
+            assert conn.execute(query.encode()).fetchall() == [(1, 1.5), (2, 2.5), (3, 3.5)]

@@ -25,7 +25,7 @@ from inferlane.store.jobs import (
     SqliteJobStore,
     open_job_store,
 )
-from inferlane.store.jobs.base import lost_lease_error
+from inferlane.store.jobs.base import CallbackStatus, lost_lease_error
 
 T0 = 1_700_000_000.0
 TTL = 3600.0
@@ -59,7 +59,82 @@ def test_submit_get_and_list_newest_first(store: JobStore) -> None:
     claimed = store.claim("w", 30.0, T0 + 3)
     assert claimed is not None and claimed.id == a.id
     assert [j.id for j in store.list(JobStatus.QUEUED)] == [c.id, b.id]
-    assert store.list(JobStatus.RUNNING) == [claimed]
+    assert store.list(JobStatus.RUNNING) == [replace(claimed, request=b"")]
+
+
+def test_list_reads_no_payloads_and_scopes_to_a_tenant(store: JobStore) -> None:
+    """A listing never carries request or result bytes (a limit of 1000 must not read 1000 bodies);
+    a tenant sees only its own jobs, and its idempotency keys are its own."""
+    big = b'{"inputs": "' + b"x" * 100_000 + b'"}'
+    mine = submitted(store, T0, request=big, tenant="acme", idempotency_key="k")
+    theirs = submitted(store, T0 + 1, request=big, tenant="umbrella", idempotency_key="k")
+    open_job = submitted(store, T0 + 2, idempotency_key="k")
+    assert len({mine.id, theirs.id, open_job.id}) == 3  # one key, three tenants: three jobs
+    again, created = store.submit(new_job(T0 + 3, tenant="acme", idempotency_key="k"))
+    assert (again.id, created) == (mine.id, False)
+    claimed = store.claim("w", 30.0, T0 + 4)
+    assert claimed is not None and claimed.id == mine.id
+    assert store.complete(mine.id, "w", b'{"y": "' + b"r" * 100_000 + b'"}', None, T0 + 5, TTL)
+    listed = store.list()
+    assert [j.id for j in listed] == [open_job.id, theirs.id, mine.id]
+    assert all(j.request == b"" and j.result is None for j in listed)
+    full = store.get(mine.id)
+    assert full is not None and full.request == big and full.result is not None
+    assert listed[2] == replace(full, request=b"", result=None)
+    assert [j.id for j in store.list(tenant="acme")] == [mine.id]
+    assert [j.id for j in store.list(JobStatus.SUCCEEDED, tenant="acme")] == [mine.id]
+    assert store.list(JobStatus.QUEUED, tenant="acme") == []
+    assert [j.id for j in store.list(model="m", tenant="umbrella")] == [theirs.id]
+    assert store.list(tenant="nobody") == []
+    assert [j.id for j in store.list(tenant="")] == [open_job.id]
+
+
+def test_a_finished_job_makes_its_callback_pending_in_the_same_write(store: JobStore) -> None:
+    """complete and a final fail mark the callback pending (due at once); a dispatcher claims it,
+    which hides it from other dispatchers until the hold runs out; its outcome is recorded."""
+    ok = submitted(store, T0, callback_url="http://hooks.example/a")
+    bad = submitted(store, T0 + 1, callback_url="http://hooks.example/b")
+    plain = submitted(store, T0 + 2)
+    for _ in (ok, bad, plain):
+        assert store.claim("w", 30.0, T0 + 3) is not None
+    assert store.claim_callbacks(T0 + 3, 60.0, 10) == []  # nothing finished yet
+    assert store.complete(ok.id, "w", b"1", None, T0 + 4, TTL)
+    assert store.fail(bad.id, "w", "boom", T0 + 5, None, TTL)
+    assert store.complete(plain.id, "w", b"1", None, T0 + 6, TTL)
+    done = store.get(ok.id)
+    assert done is not None and (done.callback_status, done.callback_at) == (CallbackStatus.PENDING, T0 + 4)
+    none = store.get(plain.id)
+    assert none is not None and none.callback_status is None
+    taken = store.claim_callbacks(T0 + 10, 60.0, 10)
+    assert [j.id for j in taken] == [ok.id, bad.id] and taken[0].result == b"1"
+    assert store.claim_callbacks(T0 + 11, 60.0, 10) == []  # held by the first dispatcher
+    assert store.record_callback(ok.id, CallbackStatus.DELIVERED, 2, None, T0 + 12)
+    assert not store.record_callback(ok.id, CallbackStatus.FAILED, 1, "late", T0 + 13)  # no longer pending
+    assert store.record_callback(bad.id, CallbackStatus.PENDING, 3, "HTTP 503", T0 + 14)  # given back
+    (again,) = store.claim_callbacks(T0 + 14, 60.0, 10)
+    assert again.id == bad.id and again.callback_attempts == 3
+    assert store.record_callback(bad.id, CallbackStatus.FAILED, 1, "HTTP 404", T0 + 15)
+    delivered, failed = store.get(ok.id), store.get(bad.id)
+    assert delivered is not None and failed is not None
+    assert (delivered.callback_status, delivered.callback_attempts, delivered.callback_error) == (
+        CallbackStatus.DELIVERED, 2, None)
+    assert (failed.callback_status, failed.callback_attempts, failed.callback_error) == (
+        CallbackStatus.FAILED, 4, "HTTP 404")
+    assert delivered.to_public()["callback"] == {"status": "delivered", "attempts": 2, "error": None}
+    assert store.claim_callbacks(T0 + 1000, 60.0, 10) == []
+
+
+def test_a_stale_claim_of_the_same_process_cannot_complete(store: JobStore) -> None:
+    """Fencing is per claim: two claims of one job in one process (the first lease ran out) carry
+    different lease tokens, so the stale one's complete is refused."""
+    job = submitted(store)
+    first = store.claim("host-1-w#1", 10.0, T0)
+    second = store.claim("host-1-w#2", 10.0, T0 + 11)  # the first lease expired at T0 + 10
+    assert first is not None and second is not None and first.id == second.id == job.id
+    assert not store.complete(job.id, "host-1-w#1", b'"stale"', None, T0 + 12, TTL)
+    assert store.complete(job.id, "host-1-w#2", b'"fresh"', None, T0 + 12, TTL)
+    done = store.get(job.id)
+    assert done is not None and done.result == b'"fresh"'
 
 
 def test_submitting_the_same_record_twice_keeps_one_job(store: JobStore) -> None:

@@ -113,10 +113,12 @@ def receiver() -> Iterator[HttpReceiver]:
         yield r
 
 
-def verify_signature(header: str, body: bytes, secret: bytes) -> bool:
-    """The receiver's side of ``Inferlane-Signature: t=..,v1=..`` (computed here, independently)."""
+def verify_signature(header: str, body: bytes, secret: bytes, url: str, job_id: str) -> bool:
+    """The receiver's side of ``Inferlane-Signature: t=..,v1=..`` over the timestamp, the job id, the
+    URL the receiver registered and the body (computed here, independently)."""
     parts = dict(kv.split("=", 1) for kv in header.split(","))
-    expected = hmac.new(secret, f"{parts['t']}.".encode() + body, hashlib.sha256).hexdigest()
+    signed = f"{parts['t']}.{job_id}.{url}.".encode() + body
+    expected = hmac.new(secret, signed, hashlib.sha256).hexdigest()
     return abs(int(parts["t"]) - time.time()) < 300 and hmac.compare_digest(parts["v1"], expected)
 
 
@@ -365,8 +367,12 @@ def test_killed_and_stalled_workers_lose_no_job_and_complete_each_once(
     for w in workers[1:]:
         assert w.proc.returncode == 0, w.log.read_text()
 
-    # Every job succeeded, with its own input's answer, and its state no longer changes.
-    assert jobs_after == jobs
+    # Every job succeeded, with its own input's answer, and its state no longer changes (only its
+    # callback's progress does, recorded on the job).
+    def outcome(job: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in job.items() if k not in ("callback", "updated_at")}
+
+    assert {i: outcome(j) for i, j in jobs_after.items()} == {i: outcome(j) for i, j in jobs.items()}
     for job_id, job in jobs.items():
         assert job["status"] == "succeeded", job
         assert job["error"] is None
@@ -471,7 +477,9 @@ def test_failing_model_is_dead_lettered_without_retries(own_server: Server, own_
     doc = call.doc()
     assert doc["id"] == job["id"] and doc["status"] == "failed" and doc["attempts"] == 1
     assert doc["error"] == done["error"]
-    assert verify_signature(call.headers["Inferlane-Signature"], call.body, SECRET.encode())
+    url = f"{receiver.url}{call.path}"
+    assert verify_signature(call.headers["Inferlane-Signature"], call.body, SECRET.encode(), url, job["id"])
+    assert call.headers["Inferlane-Job-Id"] == job["id"]
 
 
 def test_invalid_input_is_refused_at_submit(main_client: httpx.Client) -> None:
@@ -538,9 +546,13 @@ def test_callback_is_signed_and_retried_until_delivered(own_server: Server, own_
     for call in calls:
         assert call.path == "/hook?team=a"
         assert call.headers["Content-Type"] == "application/json"
-        assert verify_signature(call.headers["Inferlane-Signature"], call.body, SECRET.encode())
-        assert not verify_signature(call.headers["Inferlane-Signature"], call.body, b"wrong secret")
-        assert not verify_signature(call.headers["Inferlane-Signature"], call.body + b" ", SECRET.encode())
+        url, sig = f"{receiver.url}/hook?team=a", call.headers["Inferlane-Signature"]
+        assert verify_signature(sig, call.body, SECRET.encode(), url, job["id"])
+        assert not verify_signature(sig, call.body, b"wrong secret", url, job["id"])
+        assert not verify_signature(sig, call.body + b" ", SECRET.encode(), url, job["id"])
+        # Signed for this receiver and this job: not replayable to another URL or as another job.
+        assert not verify_signature(sig, call.body, SECRET.encode(), f"{receiver.url}/other", job["id"])
+        assert not verify_signature(sig, call.body, SECRET.encode(), url, "0" * 32)
     doc = calls[0].doc()
     assert doc == {"id": job["id"], "model": "slow", "attempts": 1, "status": "succeeded",
                    "model_version": "1", "result": done["result"]}
@@ -667,3 +679,79 @@ def test_cli_wait_times_out_and_cancel_cancels(accept_server: AcceptServer, tmp_
     assert cancel.returncode == 0 and orjson.loads(cancel.stdout)["status"] == "cancelled"
     waited = run_cli("wait", job_id, "--url", url, "--timeout", "5")
     assert waited.returncode == 3 and orjson.loads(waited.stdout)["status"] == "cancelled"
+
+
+# --- callbacks survive a restart; large results on default settings; API keys over HTTP -----------
+
+def test_a_pending_callback_is_delivered_after_a_restart(callback_repo: Path, tmp_path: Path) -> None:
+    """The job finishes while its receiver fails (HTTP 503); the server stops with the callback still
+    pending; a new server on the same store delivers it, and the job record says so."""
+    codes = [503]  # the receiver's answer; changed to 200 once the first server has stopped
+    receiver = HttpReceiver(codes)
+    env = {"INFERLANE_JOBS_STORE": f"sqlite:///{tmp_path / 'jobs.db'}", "INFERLANE_JOBS_CALLBACK_ALLOW_PRIVATE": "true"}
+    try:
+        first = _serve(callback_repo, tmp_path / "first.log", env=env)
+        server = next(first)
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            job = submit(c, "slow", {**slow_body(4), "callback_url": f"{receiver.url}/late"})
+            done = wait_final(c, [job["id"]])[job["id"]]
+            assert done["status"] == "succeeded"
+            wait_until(lambda: receiver.count >= 1, "a first (refused) callback attempt", 15)
+            assert c.get(f"/v2/jobs/{job['id']}").json()["callback"]["status"] == "pending"
+        first.close()  # SIGTERM: the delivery in flight is given back, still pending
+        codes[0] = 200
+        tried = receiver.count
+        for server in _serve(callback_repo, tmp_path / "second.log", env=env):
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                wait_until(lambda: c.get(f"/v2/jobs/{job['id']}").json()["callback"]["status"] == "delivered",
+                           "the callback delivered by the second server", 30)
+                after = c.get(f"/v2/jobs/{job['id']}").json()
+    finally:
+        receiver.close()
+    assert receiver.count > tried
+    assert after["callback"]["attempts"] >= 1 and after["callback"]["error"] is None
+    last = receiver.requests[-1].doc()
+    assert last["id"] == job["id"] and last["status"] == "succeeded" and last["result"] == done["result"]
+
+
+def test_a_2_mib_result_is_written_to_the_results_folder(tmp_path: Path) -> None:
+    """Without INFERLANE_JOBS_LOCAL_ROOT (the default), a result over 1 MiB still succeeds: it goes to
+    the server's own results folder, and the job shows where."""
+    repo = tmp_path / "repo"
+    write_slow_model(repo, "wide", delay=0.0, max_batch_size=90_000, max_queue_size=4)
+    results = tmp_path / "results"
+    rows = 80_000
+    data = [float(i % 1000) + 0.125 for i in range(rows * 4)]
+    doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [rows, 4], "data": data}]}
+    env = {"INFERLANE_JOBS_RESULTS_URI": str(results)}
+    for server in _serve(repo, tmp_path / "server.log", env=env):
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            job = submit(c, "wide", doc)
+            done = wait_final(c, [job["id"]])[job["id"]]
+    assert done["status"] == "succeeded", done
+    assert done["result"] is None and Path(done["output_uri"]).parent.resolve() == results.resolve()
+    written = Path(done["output_uri"]).read_bytes()
+    assert len(written) > 2 << 20
+    assert orjson.loads(written)["outputs"][0]["data"][:4] == [0.25, 2.25, 4.25, 6.25]
+
+
+def test_api_keys_over_http_and_a_public_bind_without_keys(jobs_repo: Path, tmp_path: Path) -> None:
+    keys = "acme:acme-key-0123456789, umbrella:umbrella-key-0123456789"
+    a, b = {"Authorization": "Bearer acme-key-0123456789"}, {"Authorization": "Bearer umbrella-key-0123456789"}
+    for server in _serve(jobs_repo, tmp_path / "server.log", env={"INFERLANE_API_KEYS": keys}):
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            assert c.post("/v2/models/slow/jobs", content=orjson.dumps(slow_body(1)), headers=JSON).status_code == 401
+            r = c.post("/v2/models/slow/jobs", content=orjson.dumps(slow_body(1)), headers={**JSON, **a})
+            assert r.status_code == 202, r.text
+            url = f"/v2/jobs/{r.json()['id']}"
+            assert c.get(url, headers=b).status_code == 404
+            assert c.get("/v2/jobs", headers=b).json()["jobs"] == []
+            wait_until(lambda u=url: c.get(u, headers=a).json()["status"] == "succeeded", "the job", 30)
+    assert "acme-key-0123456789" not in (tmp_path / "server.log").read_text()
+    port = free_port()
+    refused = subprocess.run([sys.executable, "-m", "inferlane", "serve", str(jobs_repo), "--host", "0.0.0.0",
+                              "--port", str(port)], capture_output=True, text=True, timeout=60, check=False,
+                             env={**os.environ, "INFERLANE_JOBS_STORE": f"sqlite:///{tmp_path / 'open.db'}"})
+    assert refused.returncode == 2, refused.stderr
+    assert "INFERLANE_API_KEYS" in refused.stderr and "INFERLANE_JOBS_OPEN" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -12,7 +12,6 @@ loopback ports, and the real ``inferlane jobs`` CLI.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import os
@@ -23,7 +22,6 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +31,17 @@ import orjson
 import pytest
 import yaml
 
-from inferlane.core.retry import RetryPolicy
-from inferlane.lanes.jobs.callbacks import SIGNATURE_HEADER, deliver
+from inferlane.lanes.jobs.callbacks import SIGNATURE_HEADER
 from inferlane.store.jobs import JobRecord, JobStatus, open_job_store
-from inferlane.testing import HttpReceiver, ServiceError, exited, free_port, log_tail, stop_process, wait_until
-from inferlane.testing.services.redis import redis_command, redis_ping
+from inferlane.testing import (
+    HttpReceiver,
+    RestartableRedis,
+    exited,
+    free_port,
+    log_tail,
+    stop_process,
+    wait_until,
+)
 from tests.conftest import Server, _serve, write_slow_model
 
 pytestmark = pytest.mark.e2e
@@ -88,9 +92,9 @@ def start(servers: list[HttpReceiver], statuses: list[int], answer: dict[str, An
     return s
 
 
-def signature_ok(header: str, data: bytes) -> bool:
+def signature_ok(header: str, data: bytes, url: str, job_id: str) -> bool:
     parts = dict(kv.split("=", 1) for kv in header.split(","))
-    expected = hmac.new(SECRET, f"{parts['t']}.".encode() + data, hashlib.sha256).hexdigest()
+    expected = hmac.new(SECRET, f"{parts['t']}.{job_id}.{url}.".encode() + data, hashlib.sha256).hexdigest()
     return hmac.compare_digest(parts["v1"], expected)
 
 
@@ -183,7 +187,7 @@ def test_callback_answered_500_then_200_is_delivered_once(client: httpx.Client, 
     wait_until(lambda: hook.count >= 2, "the callback was retried after the 500", 15)
     first, second = hook.requests[:2]
     assert first.body == second.body and orjson.loads(second.body)["result"] == job["result"]
-    assert all(signature_ok(r.headers[SIGNATURE_HEADER], r.body) for r in (first, second))
+    assert all(signature_ok(r.headers[SIGNATURE_HEADER], r.body, f"{hook.url}/hook", job_id) for r in (first, second))
 
 
 def test_callback_answered_400_gets_exactly_one_attempt(retry_server: Server, client: httpx.Client,
@@ -193,47 +197,10 @@ def test_callback_answered_400_gets_exactly_one_attempt(retry_server: Server, cl
     job = final(client, submit(client, {**body(5, 6, 7, 8), "callback_url": url}))
     assert job["status"] == "succeeded"
     # The lane logs the final outcome of a delivery: after that line, no other try can come.
-    wait_until(lambda: f"callback to {url} not delivered (not retried)" in retry_server.log.read_text(),
+    wait_until(lambda: f"callback to {url} not delivered after 1 attempt(s)" in retry_server.log.read_text(),
                "the server gave up the callback", 15)
     assert hook.count == 1
     assert "HTTP 400" in retry_server.log.read_text()
-
-
-# --- deliver(): the callback retry rule, in process ----------------------------------------------
-
-FAST = RetryPolicy(attempts=4, backoff_s=0.01, max_backoff_s=0.05)
-
-
-def _deliver(url: str, policy: RetryPolicy = FAST) -> bool:
-    return asyncio.run(deliver(url, b'{"id": "j1"}', SECRET, policy=policy, allow_private=True))
-
-
-@pytest.mark.parametrize("statuses", [[500, 200], [429, 200], [503, 502, 200]], ids=str)
-def test_deliver_retries_5xx_and_429_until_delivered(scripted: list[HttpReceiver], statuses: list[int]) -> None:
-    hook = start(scripted, statuses)
-    assert _deliver(f"{hook.url}/h") is True
-    assert hook.count == len(statuses)  # deliver returned after the 2xx: nothing more was sent
-    assert {r.body for r in hook.requests} == {b'{"id": "j1"}'}
-    assert all(signature_ok(r.headers[SIGNATURE_HEADER], r.body) for r in hook.requests)
-
-
-@pytest.mark.parametrize("status", [400, 401, 404, 410, 301])
-def test_deliver_stops_at_once_on_a_permanent_answer(scripted: list[HttpReceiver], status: int) -> None:
-    hook = start(scripted, [status, 200])
-    assert _deliver(f"{hook.url}/h") is False
-    assert hook.count == 1
-
-
-def test_deliver_gives_up_after_the_policy_attempts(scripted: list[HttpReceiver]) -> None:
-    hook = start(scripted, [500])
-    assert _deliver(f"{hook.url}/h", RetryPolicy(attempts=3, backoff_s=0.01)) is False
-    assert hook.count == 3
-
-
-def test_deliver_to_a_closed_port_gives_up_quickly() -> None:
-    t0 = time.monotonic()
-    assert _deliver(f"http://127.0.0.1:{free_port()}/h") is False  # connection refused, 4 times
-    assert time.monotonic() - t0 < 5
 
 
 # --- the jobs CLI --------------------------------------------------------------------------------
@@ -292,40 +259,11 @@ def test_worker_metrics_port_in_use_is_a_one_line_error(retry_repo: Path, tmp_pa
     assert line == f"--metrics-port {port} on 127.0.0.1: Address already in use", line
 
 
-@dataclass
-class Redis:
-    """A redis-server with an append-only file fsynced per write, on a fixed port so that it can be
-    killed and started again at the same address with its data."""
-
-    folder: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        try:
-            command = redis_command(self.folder, self.port, appendfsync="always")
-        except ServiceError as e:
-            pytest.fail(str(e), pytrace=False)
-        log = self.folder / "redis.log"
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        wait_until(lambda: redis_ping(self.port), "redis-server answers PING", 15, abort_if=[exited(self.proc, log)])
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-
 def test_outcome_is_stored_across_a_job_store_outage(retry_repo: Path, tmp_path: Path) -> None:
     """A worker runs a 1 s job; Redis is killed under it and started again once the worker has
     met the outage storing the outcome. The outcome write is retried: the job succeeds on its first
     attempt, with the right result, instead of waiting out its lease and running again."""
-    redis_server = Redis(tmp_path)
+    redis_server = RestartableRedis(tmp_path / "redis")
     redis_server.start()
     log = tmp_path / "worker.log"
     with open(log, "wb") as out:

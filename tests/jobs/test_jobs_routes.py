@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 
+from inferlane.cli.jobs import render
 from inferlane.core.metrics import Metrics
 from inferlane.lanes.jobs import JobsLane
 from inferlane.lanes.jobs.lane import JobsSettings
@@ -122,3 +123,15 @@ async def test_a_wrong_method_on_a_jobs_route_is_405(model_repo: Path, tmp_path:
     assert r.status_code == 405 and "GET" in r.headers["allow"]
     assert "method PUT is not allowed" in r.json()["error"]
     assert s.status_code == 405 and "POST" in s.headers["allow"]
+
+
+def test_the_cli_prints_a_job_with_one_line_per_tensor() -> None:
+    data = [round(0.001 * i, 3) for i in range(1000)]
+    job = {"id": "j", "status": "succeeded", "error": None, "tags": ["a,b", "c"], "empty": [], "none": {},
+           "result": {"outputs": [{"name": "y", "datatype": "FP32", "shape": [500, 2], "data": data},
+                                  {"name": "label", "datatype": "BYTES", "shape": [2], "data": ["x, y", "z"]}]}}
+    text = render(job)
+    assert orjson.loads(text) == job  # still JSON, nothing changed
+    assert len(text.splitlines()) < 30  # not one line per number
+    assert any(line.strip().startswith('"data": [0.0, 0.001, 0.002') for line in text.splitlines())
+    assert '"data": ["x, y", "z"]' in text and '"tags": ["a,b", "c"]' in text

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from inferlane.testing import kafka_broker, redis_server, serve_or_fail
 
@@ -30,3 +31,11 @@ def stream_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def topic_prefix() -> str:
     """A prefix unique to this test for its topic, stream and group names, e.g. ``t3f9a0c1d``."""
     return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def client(stream_redis_url: str) -> Iterator[redis.Redis]:
+    """A Redis client on the session's stream Redis."""
+    c = redis.Redis.from_url(stream_redis_url)
+    yield c
+    c.close()

@@ -89,8 +89,11 @@ def lane_command(model: Path | str, source: str, group: str, sink: str, *args: s
 
 def start_lane(model: Path | str, source: str, group: str, sink: str, *args: str,
                cwd: Path | None = None) -> subprocess.Popen[str]:
-    """Start ``inferlane stream run`` (key field ``id``) as a subprocess with stdout/stderr piped."""
+    """Start ``inferlane stream run`` (key field ``id``) as a subprocess with stdout/stderr piped.
+    With ``cwd``, its state folder is the default one, ``.inferlane`` under ``cwd``."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if cwd is not None:
+        env.pop("INFERLANE_STATE_DIR", None)
     return subprocess.Popen(lane_command(model, source, group, sink, *args), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
 

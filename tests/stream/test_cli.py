@@ -4,6 +4,7 @@ dead-letters to the default file under the working directory."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -23,7 +24,8 @@ BASE = [sys.executable, "-m", "inferlane.cli.main", "stream", "run"]
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 120.0) -> tuple[int, str, str]:
-    proc = subprocess.run([*BASE, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    env = {k: v for k, v in os.environ.items() if k != "INFERLANE_STATE_DIR"}  # the default: .inferlane in cwd
+    proc = subprocess.run([*BASE, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -262,7 +264,7 @@ def test_redis_run_scores_reports_and_dead_letters_to_the_default_file(tmp_path:
         [dead] = [orjson.loads(x) for x in dead_path.read_bytes().splitlines()]
         assert dead["error"] == "input 'features': shape [2] does not match [30]"
         assert dead["stage"] == "decode"
-        assert (dead["source"], dead["offset"], dead["key"]) == (src, poison_id, None)
+        assert (dead["source"], dead["offset"], dead["key"]) == (src, poison_id, "poison")  # its --key field
         assert dead["payload"] == poison.decode()
         assert dead["event_time_ms"] == int(poison_id.split("-")[0])
         assert (dead["model_name"], dead["model_version"]) == ("fraud", "1")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,13 +35,6 @@ from tests.stream.support import (
     stream_url,
     xadd_events,
 )
-
-
-@pytest.fixture
-def client(stream_redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(stream_redis_url)
-    yield c
-    c.close()
 
 
 def entries(client: redis.Redis, stream: str, lo: str = "-", hi: str = "+") -> list[tuple[bytes, dict[bytes, bytes]]]:

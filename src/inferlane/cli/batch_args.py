@@ -52,8 +52,13 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retries", type=int, default=3, help="retries per shard for transient errors")
     p.add_argument("--cost-per-hour", type=float, help="machine cost, for the report's cost estimate")
     p.add_argument("--endpoint-url", help="object-store endpoint for s3:// (e.g. http://127.0.0.1:9000)")
-    p.add_argument("--rejects-dir", help="where database outputs put rejects (default next to the job)")
-    p.add_argument("--overwrite", action="store_true", help="clear an output folder that holds another job")
+    p.add_argument("--rejects-dir", help="where database outputs put rejects (default: next to a SQLite file, "
+                                         "else under --state-dir)")
+    p.add_argument("--state-dir", help="folder for a PostgreSQL output's report and rejects (default "
+                                       "$INFERLANE_STATE_DIR, else .inferlane in the current directory)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="clear an output folder that holds only another inferlane job's output")
+    p.add_argument("--limit", type=int, metavar="N", help="score only the first N rows (e.g. to try a job)")
     p.add_argument("--ray-actors", type=int, default=2, help="model actors for --engine ray")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -68,14 +73,19 @@ def job_from_args(args: argparse.Namespace, job_id: str) -> BatchJob:
         engine=args.engine, batch_size=args.batch_size, shard_rows=args.shard_rows, threads=args.threads,
         max_reject_ratio=args.max_reject_ratio, retries=args.retries, cost_per_hour=args.cost_per_hour,
         endpoint_url=args.endpoint_url, overwrite=args.overwrite, rejects_dir=args.rejects_dir,
+        state_dir=args.state_dir, limit=args.limit,
         progress=not args.quiet and sys.stderr.isatty(), ray_actors=args.ray_actors,
         metrics_port=getattr(args, "job_metrics_port", None), pushgateway=getattr(args, "pushgateway", None))
 
 
 def print_report(report: dict[str, object]) -> None:
     keys = ["job_id", "status", "model", "model_version", "engine", "rows_read", "rows_written",
-            "rows_rejected", "shards_total", "shards_skipped_already_done", "shards_committed",
-            "shards_failed", "retries", "duration_s", "rows_per_s", "estimated_cost", "report_path"]
+            "rows_rejected", "shards_total", "shards_done", "rows_read_this_run", "rows_written_this_run",
+            "rows_rejected_this_run", "shards_committed", "shards_failed", "shards_skipped_already_done",
+            "rows_read_earlier_runs", "retries", "duration_s", "rows_per_s", "estimated_cost", "report_path",
+            # a dry run's plan
+            "dry_run", "input_files", "output", "rows_planned", "shards_already_done", "shards_to_run",
+            "rows_to_run", "sample_rows", "sample_rejected", "sample_reject_reasons"]
     width = max(len(k) for k in keys)
     for k in keys:
         if k in report:

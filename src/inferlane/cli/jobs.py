@@ -63,8 +63,22 @@ def _client(args: argparse.Namespace) -> Iterator[Call]:
         yield call
 
 
+def render(doc: Any, depth: int = 0) -> str:
+    """JSON indented by two spaces, except that a list of plain values (a tensor's data, a shape)
+    stays on one line: a job's result reads as one line per tensor, not one line per number."""
+    pad = "  " * depth
+    if isinstance(doc, dict) and doc:
+        items = [f"{pad}  {orjson.dumps(k).decode()}: {render(v, depth + 1)}" for k, v in doc.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(doc, list) and any(isinstance(v, (dict, list)) for v in doc):
+        return "[\n" + ",\n".join(f"{pad}  {render(v, depth + 1)}" for v in doc) + f"\n{pad}]"
+    if isinstance(doc, list):
+        return "[" + ", ".join(orjson.dumps(v).decode() for v in doc) + "]"
+    return orjson.dumps(doc).decode()
+
+
 def _print(doc: Any) -> None:
-    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.write(render(doc) + "\n")
 
 
 def _error_text(r: Any) -> str:

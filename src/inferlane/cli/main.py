@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,9 @@ def _serve(args: argparse.Namespace) -> int:
     from inferlane.server.app import run
     from inferlane.server.settings import ServerSettings
 
+    if args.repository is None and not os.environ.get("INFERLANE_MODEL_REPOSITORY"):
+        raise ConfigError("serve needs a model repository: give its folder (inferlane serve models/) "
+                          "or set INFERLANE_MODEL_REPOSITORY")
     settings = ServerSettings.from_env(model_repository=args.repository, host=args.host,
                                        port=args.port, workers=args.workers, log_level=args.log_level)
     scan_repository(settings.model_repository)  # fail fast, with the field at fault, before binding
@@ -72,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve every model in a model repository over HTTP",
                        description="Serve the Open Inference Protocol V2 REST API (and V1 :predict) "
                                    "for every model in REPOSITORY, with dynamic batching.")
-    s.add_argument("repository", type=Path, help="model repository folder (<repo>/<name>/model.yaml)")
+    s.add_argument("repository", type=Path, nargs="?", default=None,
+                   help="model repository folder (<repo>/<name>/model.yaml); default INFERLANE_MODEL_REPOSITORY")
     s.add_argument("--host", default=None, help="listen address (default 127.0.0.1, loopback only)")
     s.add_argument("--port", type=int, default=None, help="TCP port (default 8000)")
     s.add_argument("--workers", type=int, default=None, help="server processes (default 1)")

@@ -43,7 +43,8 @@ def add_schedule_parser(bsub: argparse._SubParsersAction[argparse.ArgumentParser
                    help="job id template: {date} {time} {name} (default {name}-{date}); --input and "
                         "--output take the same fields, e.g. s3://lake/tx/{date}/")
     s.add_argument("--name", help="schedule name (history file and metric label)")
-    s.add_argument("--history", help="run history JSONL (default .inferlane/schedule-<name>.jsonl)")
+    s.add_argument("--history", help="run history JSONL (default "
+                   "schedule-<name>.jsonl in $INFERLANE_STATE_DIR, else in .inferlane)")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
     s.add_argument("--run-now", action="store_true", help="run once immediately, then follow the schedule")
     s.add_argument("--max-runs", type=int, help="stop after this many runs (default: run forever)")

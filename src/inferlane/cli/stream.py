@@ -13,6 +13,7 @@ import orjson
 
 from inferlane.cli.batch_args import parse_columns
 from inferlane.core.errors import ConfigError
+from inferlane.core.urls import redact_text
 
 DESCRIPTION = """\
 Consume JSON events from a Kafka topic or a Redis stream in a consumer group, score them in
@@ -27,7 +28,8 @@ Dead letters: kafka://...  redis://...  or a .jsonl file
 """
 
 EPILOG = ("Exit codes: 0 stopped by SIGTERM/SIGINT (or --idle-exit) after finishing and committing "
-          "in-flight batches; 1 a stage failed (nothing unwritten was committed); 2 bad usage or "
+          "in-flight batches; 1 a stage failed, the model stayed down past --model-retry-s or dead letters "
+          "went over --max-dead-letter-ratio (nothing unwritten was committed); 2 bad usage or "
           "configuration. Example: inferlane stream run --model ./models/fraud --source "
           "kafka://127.0.0.1:9092/transactions --group fraud-scorer --sink kafka://127.0.0.1:9092/fraud-scores "
           "--dlq kafka://127.0.0.1:9092/fraud-dlq --key id --max-batch 512 --max-wait-ms 50")
@@ -42,17 +44,20 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = StreamSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_inflight=args.max_inflight,
                               shutdown_timeout_s=args.shutdown_timeout, idle_exit_s=args.idle_exit,
-                              log_interval_s=args.log_every, sink_retry_s=args.sink_retry_s)
+                              log_interval_s=args.log_every, sink_retry_s=args.sink_retry_s,
+                              model_retry_s=args.model_retry_s, max_dead_letter_ratio=args.max_dead_letter_ratio,
+                              dead_letter_window=args.dead_letter_window, max_deliveries=args.max_deliveries)
     job = StreamJob(model=args.model, version=args.version, source=args.source, group=args.group, sink=args.sink,
                     dlq=args.dlq, key=args.key, columns=parse_columns(args.columns, globs=False), table=args.table,
                     settings=settings, start=args.start, consumer=args.consumer, claim_idle_ms=args.claim_idle_ms,
-                    threads=args.threads, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
+                    threads=args.threads, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+                    state_dir=args.state_dir)
     try:
         report = run_stream(job, stop, on_start=lambda line: print(line, file=sys.stderr, flush=True))
     except ConfigError:
         raise
     except Exception as e:  # the stage already logged it with its traceback
-        print(f"stream stopped: {type(e).__name__}: {e}", file=sys.stderr)
+        print(redact_text(f"stream stopped: {type(e).__name__}: {e}"), file=sys.stderr)
         return 1
     print(" ".join(f"{k}={v}" for k, v in report.items()), file=sys.stderr)
     if args.json:
@@ -83,7 +88,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     r.add_argument("--group", required=True, help="consumer group; instances in one group share the work")
     r.add_argument("--sink", required=True, help="kafka://, redis://, a folder, sqlite:///file.db or postgresql://")
     r.add_argument("--dlq", help="dead letters: kafka://, redis:// or a .jsonl file "
-                                 "(default .inferlane/stream/<group>/dead-letters.jsonl)")
+                                 "(default <state dir>/dead-letters.jsonl)")
+    r.add_argument("--state-dir", help="the lane's local state: Kafka delivery counts for --max-deliveries and "
+                                       "the default --dlq file (default stream/<group> in $INFERLANE_STATE_DIR, "
+                                       "else in .inferlane)")
     r.add_argument("--key", required=True, help="event field that identifies an event (the output key)")
     r.add_argument("--columns", action="append", default=[], metavar="INPUT=FIELDS",
                    help="event fields feeding a model input, e.g. features=amount,age,hour "
@@ -104,6 +112,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="model threads (default: the CPUs this process may use)")
     r.add_argument("--sink-retry-s", type=_positive(float), default=120.0,
                    help="retry transient sink failures this long, then stop with the error (exit 1; default 120)")
+    r.add_argument("--model-retry-s", type=_positive(float), default=120.0,
+                   help="while the model is down (not ready, or failing most of a batch for one reason) retry "
+                        "the batch this long, consumption paused, then stop (exit 1; default 120)")
+    r.add_argument("--max-dead-letter-ratio", type=_positive(float), default=0.5,
+                   help="stop (exit 1, committing nothing past the last good batch) when more than this share "
+                        "of the last --dead-letter-window events were dead-lettered (default 0.5; 1: never)")
+    r.add_argument("--dead-letter-window", type=_positive(int), default=1000,
+                   help="events over which --max-dead-letter-ratio is measured (default 1000)")
+    r.add_argument("--max-deliveries", type=_positive(int), default=5,
+                   help="dead-letter, unscored, an event delivered more often than this without being committed "
+                        "(it crashed the lane each time; Kafka counts are kept in --state-dir; default 5)")
     r.add_argument("--shutdown-timeout", type=_positive(float), default=30.0,
                    help="seconds in-flight batches get to finish on SIGTERM or rebalance (default 30)")
     r.add_argument("--idle-exit", type=_positive(float),

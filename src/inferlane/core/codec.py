@@ -68,6 +68,20 @@ def _params(v: Any, where: str) -> dict[str, Any]:
     return _obj(v, where)
 
 
+MAX_PARAMETER_DEPTH = 32
+"""Deepest nesting of request ``parameters`` (they are echoed back, and JSON encoders have limits)."""
+
+
+def _check_depth(params: dict[str, Any], where: str) -> None:
+    stack: list[tuple[Any, int]] = [(params, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict | list):
+            if depth > MAX_PARAMETER_DEPTH:
+                raise InvalidInput(f"{where} nest more than {MAX_PARAMETER_DEPTH} levels deep")
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+
+
 def _flag(params: dict[str, Any], key: str, default: bool, where: str) -> bool:
     v = params.get(key)
     if v is None:
@@ -185,6 +199,8 @@ def parse_infer_request(body: bytes, header_length: int | None, max_elements: in
     if rid is not None and not isinstance(rid, str):
         raise InvalidInput("id must be a string")
     params = _params(doc.get("parameters"), "parameters")
+    if params:
+        _check_depth(params, "parameters")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("inputs must be a non-empty list of tensors")

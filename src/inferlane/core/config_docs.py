@@ -53,7 +53,8 @@ warmup: {batch_sizes: [1, 64]}
 
 `inferlane models validate <repo>` checks every file and runs each warm-up once; errors name
 the file and the field path (for example `batching.max_batch_size: Input should be greater than
-or equal to 1`).
+or equal to 1`). A misspelt field is refused with the closest known name
+(`unknown field batching.max_batchsize: did you mean max_batch_size?`).
 """
 
 

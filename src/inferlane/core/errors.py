@@ -1,7 +1,7 @@
 """One exception tree for every lane and transport.
 
 Each error carries the HTTP status and gRPC status code it maps to, so transports never
-decide error semantics themselves (DESIGN.md, "Error semantics")::
+decide error semantics themselves (docs/architecture.md, "Errors")::
 
     InferlaneError                                     transient: a retry may succeed (core/retry.py)
     ├── InvalidInput          400  INVALID_ARGUMENT

@@ -1,4 +1,4 @@
-"""Prometheus series (DESIGN.md, "Observability"), labelled by model, version and lane.
+"""Prometheus series (docs/architecture.md, "Metrics"), labelled by model, version and lane.
 
 Each process (or app) owns one :class:`Metrics` with its own CollectorRegistry, so tests and
 several apps in one process never collide. It holds the series every lane shares (requests,

@@ -14,14 +14,17 @@ sizes or ``-1`` for variable length. Every field is documented below and in docs
 
 from __future__ import annotations
 
+import difflib
 import math
+import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from inferlane.core.datatypes import DATATYPES
+from inferlane.core.datatypes import DATATYPES, from_numpy
 from inferlane.core.errors import ConfigError
 
 RuntimeName = Literal["onnx", "sklearn", "python"]
@@ -44,7 +47,9 @@ class TensorSpec(_Strict):
     @classmethod
     def _known_datatype(cls, v: str) -> str:
         if v not in DATATYPES:
-            raise ValueError(f"unknown datatype {v!r}; use one of {', '.join(DATATYPES)}")
+            hint = _closest_datatype(v)
+            raise ValueError(f"unknown datatype {v!r}; " + (f"did you mean {hint}?" if hint else
+                                                              f"use one of {', '.join(DATATYPES)}"))
         return v
 
     @field_validator("shape")
@@ -106,7 +111,8 @@ class ModelConfig(_Strict):
     runtime: RuntimeName = "onnx"
     """onnx (ONNX Runtime), sklearn (skops, or joblib when trusted) or python (your class)."""
     artifact: str | None = None
-    """File inside each version folder: defaults to model.onnx, model.skops or model.py."""
+    """File inside each version folder: defaults to model.onnx, model.skops or model.py. It must stay
+    inside the folder: an absolute path, ``..`` or a symbolic link leading out is refused."""
     trusted: bool = False
     """Allow pickle-based artifacts (joblib). Only for files you built yourself."""
     trusted_types: tuple[str, ...] = ()
@@ -135,6 +141,14 @@ class ModelConfig(_Strict):
     """Which estimator method produces which output."""
     python: PythonOptions | None = None
     """Which class in the artifact is the model."""
+
+    @field_validator("artifact")
+    @classmethod
+    def _inside_version_folder(cls, v: str | None) -> str | None:
+        if v is not None and (not v or Path(v).is_absolute() or ".." in Path(v).parts):
+            raise ValueError(f"{v!r} must be a file name relative to the version folder "
+                             "(no absolute path, no '..')")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -196,12 +210,91 @@ ModelConfig.model_rebuild()
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line per problem, each naming the field path at fault."""
+    """One line per problem, each naming the field path at fault. An unknown field suggests the
+    closest known one; pydantic's follow-on noise is left out: a list reported "too short" because
+    one of its items failed, "Field required" for the field a typo meant, the "Value error, " prefix."""
+    errors = err.errors()
+    failed = [tuple(e["loc"]) for e in errors]
+    # Unknown field → the field it probably meant (its location), when one is close.
+    meant = {tuple(e["loc"]): _closest_field(tuple(e["loc"])) for e in errors if e["type"] == "extra_forbidden"}
+    explained = {(*loc[:-1], m) for loc, m in meant.items() if m is not None}
     lines = [f"{source}: invalid model config"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
-        lines.append(f"  {loc}: {e['msg']}")
+    for e in errors:
+        loc = tuple(e["loc"])
+        path = ".".join(str(p) for p in loc) or "(root)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {_unknown_field(loc, meant[loc])}")
+        elif e["type"] == "missing" and loc in explained:
+            continue
+        elif e["type"] == "too_short":
+            if not any(len(f) > len(loc) and f[:len(loc)] == loc for f in failed):
+                lines.append(f"  {path}: must not be empty")
+        else:
+            lines.append(f"  {path}: {e['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
+
+
+def _closest_datatype(value: str) -> str | None:
+    """``fp32`` → FP32, ``float32`` → FP32 (NumPy names), ``FP23`` → FP32 (a typo); None if nothing is close."""
+    if value.upper() in DATATYPES:
+        return value.upper()
+    try:
+        with warnings.catch_warnings():  # NumPy deprecates some of its own type strings
+            warnings.simplefilter("ignore")
+            return from_numpy(np.dtype(value))
+    except (TypeError, ValueError, KeyError):
+        pass
+    close = difflib.get_close_matches(value.upper(), DATATYPES, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _closest_field(loc: tuple[int | str, ...]) -> str | None:
+    """The known field closest to the unknown one at ``loc`` (difflib), or None."""
+    close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc[:-1]), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _unknown_field(loc: tuple[int | str, ...], meant: str | None) -> str:
+    """``unknown field batching.max_batchsize: did you mean max_batch_size?``"""
+    path = ".".join(str(p) for p in loc)
+    if meant is not None:
+        return f"unknown field {path}: did you mean {meant}?"
+    if len(loc) == 1:
+        # A nested field written at the top level: say where it belongs.
+        for name, info in ModelConfig.model_fields.items():
+            nested = _model_type(info.annotation)
+            if nested is not None and str(loc[0]) in _field_names(nested):
+                return f"unknown field {path}: it belongs under {name}:"
+    known = _fields_at(loc[:-1])
+    return f"unknown field {path}: known fields are {', '.join(known)}" if known else f"unknown field {path}"
+
+
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """Field names of the config model at ``loc`` (a pydantic error location), or [] if none."""
+    model: type[BaseModel] | None = ModelConfig
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue  # an item of a tuple of models: the tuple was already unwrapped
+        info = model.model_fields.get(part)
+        model = _model_type(info.annotation) if info is not None else None
+    return _field_names(model) if model is not None else []
+
+
+def _model_type(annotation: Any) -> type[BaseModel] | None:
+    """The config model inside ``annotation`` (``X``, ``X | None`` or ``tuple[X, ...]``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items()]
 
 
 def load_config(path: Path, default_name: str) -> ModelConfig:

@@ -17,7 +17,7 @@ from inferlane.core.errors import ConfigError, InvalidInput, PayloadTooLarge
 def _local(uri: str, root: Path | None, what: str) -> Path:
     if root is None:
         raise InvalidInput(f"{what} {uri[:200]!r}: local paths are disabled on this server (use s3://, or "
-                           "set the server's jobs_local_root)")
+                           "set INFERLANE_JOBS_LOCAL_ROOT on the server)")
     path = Path(urlparse(uri).path if uri.startswith("file:") else uri)
     full = (root / path).resolve() if not path.is_absolute() else path.resolve()
     if not full.is_relative_to(root.resolve()):

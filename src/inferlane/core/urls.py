@@ -22,6 +22,7 @@ Rules:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,10 @@ class SqliteURL:
 
 def sqlite_url(url: str, flag: str) -> SqliteURL:
     if not url.startswith("sqlite:///"):
-        raise ConfigError(f"{flag} {url}: write sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        raise ConfigError(f"{flag} {redact(url)}: write sqlite:///relative/path.db or sqlite:////absolute/path.db")
     rest, _, query = url[len("sqlite:///"):].partition("?")
     if not rest or rest.endswith("/"):
-        raise ConfigError(f"{flag} {url}: names no file; write sqlite:///path/to/file.db")
+        raise ConfigError(f"{flag} {redact(url)}: names no file; write sqlite:///path/to/file.db")
     return SqliteURL(Path(unquote(rest)), _params(query))
 
 
@@ -60,7 +61,7 @@ class PostgresURL:
 def postgres_url(url: str, flag: str, own: tuple[str, ...] = ("table",)) -> PostgresURL:
     parsed = urlparse(url)
     if parsed.scheme not in ("postgres", "postgresql"):
-        raise ConfigError(f"{flag} {url}: write postgresql://user@host:port/database")
+        raise ConfigError(f"{flag} {redact(url)}: write postgresql://user@host:port/database")
     query = parse_qsl(parsed.query, keep_blank_values=True)
     mine = {k: v for k, v in query if k in own}
     dsn = urlunparse(parsed._replace(query=urlencode([(k, v) for k, v in query if k not in own])))
@@ -99,11 +100,12 @@ def redis_url(url: str, flag: str, *, name: str = "forbidden") -> RedisURL:
     """``name``: "required" (a stream), "optional" (a key prefix) or "forbidden" (a database only)."""
     parsed = urlparse(url)
     if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
-        raise ConfigError(f"{flag} {url}: write redis://host:port/db" + ("/name" if name != "forbidden" else ""))
+        raise ConfigError(f"{flag} {redact(url)}: write redis://host:port/db"
+                          + ("/name" if name != "forbidden" else ""))
     try:
         port = parsed.port or 6379
     except ValueError:
-        raise ConfigError(f"{flag} {url}: the port is not a number") from None
+        raise ConfigError(f"{flag} {redact(url)}: the port is not a number") from None
     params = _params(parsed.query)
     parts = [unquote(p) for p in parsed.path.split("/") if p]
     db: int | None = None
@@ -112,15 +114,15 @@ def redis_url(url: str, flag: str, *, name: str = "forbidden") -> RedisURL:
     if "db" in params:
         raw = params.pop("db")
         if not raw.isdigit():
-            raise ConfigError(f"{flag} {url}: db={raw} is not a database number")
+            raise ConfigError(f"{flag} {redact(url)}: db={raw} is not a database number")
         if db is not None and db != int(raw):
-            raise ConfigError(f"{flag} {url}: the database is {db} in the path and {raw} in ?db=")
+            raise ConfigError(f"{flag} {redact(url)}: the database is {db} in the path and {raw} in ?db=")
         db = int(raw)
     rest = "/".join(parts) or None
     if name == "required" and rest is None:
-        raise ConfigError(f"{flag} {url}: name the stream, e.g. redis://host:port/0/events")
+        raise ConfigError(f"{flag} {redact(url)}: name the stream, e.g. redis://host:port/0/events")
     if name == "forbidden" and rest is not None:
-        raise ConfigError(f"{flag} {url}: the path is the database number, e.g. redis://host:port/0")
+        raise ConfigError(f"{flag} {redact(url)}: the path is the database number, e.g. redis://host:port/0")
     return RedisURL(parsed.hostname, port, db or 0, rest,
                     unquote(parsed.username) if parsed.username else None,
                     unquote(parsed.password) if parsed.password else None,
@@ -140,7 +142,7 @@ def kafka_url(url: str, flag: str) -> KafkaURL:
     parsed = urlparse(url)
     names = [unquote(n) for n in parsed.path.strip("/").split(",") if n]
     if parsed.scheme != "kafka" or not parsed.hostname or not names:
-        raise ConfigError(f"{flag} {url}: write kafka://host:port/topic")
+        raise ConfigError(f"{flag} {redact(url)}: write kafka://host:port/topic")
     return KafkaURL(parsed.netloc.rsplit("@", 1)[-1], names, _params(parsed.query))
 
 
@@ -150,9 +152,27 @@ def scheme(url: str) -> str:
     return "" if len(s) == 1 else s  # a Windows drive letter is a path
 
 
+_SECRET_NAMES = ("password", "secret", "token")
+"""A query parameter whose name contains one of these (``sasl.password``, ``ssl.key.password``,
+``sasl.oauthbearer.client.secret``) is a credential."""
+
+_SECRETS_IN_TEXT = re.compile(r"(?i)(://[^\s:/@]*:)[^\s@/]+(@)"
+                              r"|([\w.]*(?:password|secret|token)[\w.]*[\"']?\s*[=:]\s*[\"']?)[^\s&\"',;)]+")
+
+
 def redact(url: str) -> str:
-    """``url`` without its password, for log lines and messages."""
+    """``url`` without its password or any secret query parameter, for log lines and messages."""
     parts = urlsplit(url)
-    if not parts.password:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
+    if any(s in parts.query.lower() for s in _SECRET_NAMES):
+        query = [(k, "***" if any(s in k.lower() for s in _SECRET_NAMES) else v)
+                 for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return parts.geturl()
+
+
+def redact_text(text: str) -> str:
+    """``text`` (an error message from a library) with URL passwords and ``password=...``-like
+    settings masked."""
+    return _SECRETS_IN_TEXT.sub(lambda m: f"{m[1]}***{m[2]}" if m[1] else f"{m[3]}***", text)

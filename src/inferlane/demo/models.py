@@ -1,12 +1,14 @@
 """Model repositories for the demo, tests and benchmarks (needs ``inferlane[sklearn]``).
 
     write_fraud_model(Path("models"))                       # sklearn MLP -> ONNX, 30 features
+    write_request(Path("request.json"))                     # a V2 request for it
     write_mlp_model(Path("models"), "heavy", (1024, 1024, 1024))   # random-weight ONNX MLP
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,17 @@ def write_fraud_model(repo: Path, name: str = "fraud", version: str = "1", *,
         "warmup": {"batch_sizes": [1, 64]},
     })
     return model_dir
+
+
+def write_request(path: Path, rows: int = 1) -> Path:
+    """An Open Inference Protocol V2 request for the fraud model (``rows`` synthetic transactions),
+    as JSON, for ``curl --data-binary @request.json`` against ``/v2/models/fraud/infer``."""
+    x, _ = synthetic_transactions(rows, seed=SEED + 1)
+    doc = {"id": "tx-1", "inputs": [{"name": "features", "datatype": "FP32", "shape": [rows, N_FEATURES],
+                                     "data": [[round(float(v), 4) for v in row] for row in x]}]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc) + "\n", encoding="utf-8")
+    return path
 
 
 def mlp_onnx_bytes(hidden: tuple[int, ...], n_in: int = N_FEATURES, n_out: int = 2, seed: int = 0) -> bytes:

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 
 from inferlane.demo.loadgen import build_request, one_request, run_load
-from inferlane.demo.models import N_FEATURES, synthetic_transactions, write_fraud_model
+from inferlane.demo.models import N_FEATURES, synthetic_transactions, write_fraud_model, write_request
 from inferlane.testing import free_port, start_server, stop_process, wait_ready
 
 HOST = "127.0.0.1"
@@ -76,7 +76,9 @@ async def _scenarios(port: int, requests: int, concurrency: int) -> bool:
     good &= status == 504
 
     _step("an overload burst: 600 connections at once against a queue bounded at 256 requests")
-    burst = [build_request(HOST, port, PATH, _body(x[i:i + 32].tolist())) for i in range(0, 2400, 4)]
+    # Its own rows: the load burst above may have fewer than the 600 requests of 32 rows need.
+    xb, _ = synthetic_transactions(2432, seed=12)
+    burst = [build_request(HOST, port, PATH, _body(xb[i:i + 32].tolist())) for i in range(0, 2400, 4)]
     over = await run_load(HOST, port, burst, concurrency=600, keep_headers=True)
     retry = sorted({h.get("retry-after", "") for h, s in zip(over.headers, over.latencies, strict=False)
                     if h.get("retry-after")})
@@ -85,21 +87,25 @@ async def _scenarios(port: int, requests: int, concurrency: int) -> bool:
 
     _step("the server after all of it")
     ready = await asyncio.to_thread(_get_json, f"http://{HOST}:{port}/v2/health/ready")
-    res2 = await run_load(HOST, port, bodies[:200], 8)
-    print(f"  ready: {ready['ready']}; 200 more requests: {res2.ok} answered 200, "
+    more = bodies[:200]
+    res2 = await run_load(HOST, port, more, 8)
+    print(f"  ready: {ready['ready']}; {len(more)} more requests: {res2.ok} answered 200, "
           f"p99 {res2.percentile(99) * 1e3:.2f} ms")
-    good = good and ready.get("ready") is True and res2.ok == 200
+    good = good and ready.get("ready") is True and res2.ok == len(more)
     return good
 
 
 def run_demo(workdir: Path | None = None, requests: int = 4000, concurrency: int = 32) -> int:
+    """Everything goes under ``workdir`` (kept afterwards: ``models/``, ``request.json``, ``jobs.db``),
+    or under a temporary folder removed at the end when it is None."""
     with tempfile.TemporaryDirectory(prefix="inferlane-demo-") as tmp:
         repo = (workdir or Path(tmp)) / "models"
         _step(f"training a fraud model on synthetic card transactions (scikit-learn, seed 7) -> {repo}")
         t0 = time.perf_counter()
         model_dir = write_fraud_model(repo)
+        request = write_request(repo.parent / "request.json")
         print(f"  trained and converted to ONNX in {time.perf_counter() - t0:.1f} s: "
-              f"{model_dir / '1' / 'model.onnx'} + {model_dir / 'model.yaml'}")
+              f"{model_dir / '1' / 'model.onnx'} + {model_dir / 'model.yaml'}; a request: {request}")
         port = free_port()
         _step(f"inferlane serve {repo} --port {port}")
         proc = start_server(repo, port, env={"INFERLANE_JOBS_STORE": f"sqlite:///{repo.parent / 'jobs.db'}"})
@@ -114,4 +120,11 @@ def run_demo(workdir: Path | None = None, requests: int = 4000, concurrency: int
         _step(f"SIGTERM: the server drained and exited with code {code}")
         ok = ok and code == 0
         print("\ndemo " + ("passed" if ok else "FAILED: see the steps above"))
+        if workdir is None:
+            print("the model was written to a temporary folder, now removed; to keep it, run "
+                  "inferlane demo --workdir DIR")
+        else:
+            print(f"\nnext: inferlane serve {repo}\n"
+                  f"      curl -s localhost:8000/v2/models/fraud/infer -H 'Content-Type: application/json' "
+                  f"--data-binary @{request}")
         return 0 if ok else 1

@@ -1,7 +1,7 @@
 """Composition root: builds the registry, lanes and transports from settings, and runs them.
 
     app = create_app(ServerSettings(model_repository=Path("models")))
-    run(settings)            # uvicorn with uvloop + httptools; SIGTERM drains then exits 0
+    run(settings)            # uvicorn with uvloop + httptools (transport/http/protocol.py); SIGTERM drains, exits 0
 """
 
 from __future__ import annotations
@@ -9,20 +9,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.supervisors.multiprocess import Multiprocess
 
+from inferlane.core.errors import ConfigError
 from inferlane.core.metrics import Metrics
 from inferlane.core.process import tune_gc
 from inferlane.lanes.jobs import JobsLane, JobWorker
+from inferlane.lanes.jobs.access import ApiKeys, check_open_access
+from inferlane.lanes.jobs.lane import check_store
 from inferlane.lanes.online import OnlineLane
 from inferlane.rollout.registry import ModelRegistry
 from inferlane.server.settings import ServerSettings
 from inferlane.store.jobs import open_job_store
 from inferlane.transport.http.app import FastInferApp, build_http_app
+from inferlane.transport.http.body import loopback_hosts
+from inferlane.transport.http.protocol import ConnectionLimits, GuardedConfig
 
 log = logging.getLogger("inferlane.server")
 
@@ -35,8 +44,11 @@ def create_app(settings: ServerSettings) -> FastInferApp:
                                              observer_factory=metrics.batch_observer)
     metrics.watch_queues(registry.queue_states)
     lane = OnlineLane(registry, metrics)
+    api_keys = ApiKeys.parse(settings.api_keys) if settings.api_keys else None
+    check_open_access(api_keys, settings.host, settings.jobs_open)
     store = open_job_store(settings.jobs_store)
-    jobs = JobsLane(registry, store, settings.jobs_settings(), metrics)
+    check_store(store, settings.jobs_store)
+    jobs = JobsLane(registry, store, settings.jobs_settings(), metrics, api_keys=api_keys)
     worker = JobWorker(jobs) if settings.jobs_workers > 0 else None
 
     @contextlib.asynccontextmanager
@@ -60,7 +72,8 @@ def create_app(settings: ServerSettings) -> FastInferApp:
             await registry.close()
             store.close()
 
-    app = build_http_app(lane, lifespan, body_timeout_s=settings.body_timeout_s, jobs=jobs)
+    app = build_http_app(lane, lifespan, body_timeout_s=settings.body_timeout_s, jobs=jobs,
+                         hosts=loopback_hosts(settings.host))
     app.state.registry = registry
     app.state.metrics = metrics
     return app
@@ -75,15 +88,39 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything loads: a port in use is one clear line (exit 2),
+    not a traceback after start-up."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e} "
+                          "(choose another with --port / INFERLANE_PORT, or --host / INFERLANE_HOST)") from None
+    sock.set_inheritable(True)  # --workers N: the worker processes share it
+    return sock
+
+
+def connection_limits(settings: ServerSettings) -> ConnectionLimits:
+    return ConnectionLimits(
+        max_header_bytes=settings.max_header_bytes, max_headers=settings.max_headers,
+        header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s,
+        max_connections=settings.max_connections, drain_max_bytes=settings.drain_max_bytes)
+
+
 def run(settings: ServerSettings) -> None:
     """Serve until SIGINT/SIGTERM; uvicorn stops accepting, finishes in-flight requests, exits 0."""
+    sock = bind(settings.host, settings.port)
     # NOTE: uvicorn captures SIGTERM while serving, drains, then re-raises it with the previous
     # handler restored; this handler turns that re-raise into a clean exit 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    common = {
-        "host": settings.host, "port": settings.port, "loop": "uvloop", "http": "httptools",
+    common: dict[str, Any] = {
+        "host": settings.host, "port": settings.port, "loop": "uvloop",
         "access_log": False, "log_level": settings.log_level, "lifespan": "on",
         "timeout_graceful_shutdown": settings.graceful_timeout_s,
         "server_header": False,
@@ -91,12 +128,15 @@ def run(settings: ServerSettings) -> None:
         # X-Forwarded-* rewriting is for deployments behind a proxy; it costs time on every request.
         "proxy_headers": False,
     }
+    limits = connection_limits(settings)
     if settings.workers > 1:
-        import os
-
         os.environ.update(settings.to_env())
-        uvicorn.run("inferlane.server.app:app_from_env", factory=True, workers=settings.workers,
-                    **common)  # type: ignore[arg-type]
+        config = GuardedConfig("inferlane.server.app:app_from_env", limits=limits, factory=True,
+                               workers=settings.workers, **common)
+        Multiprocess(config, sockets=[sock]).run()
         return
-    app = create_app(settings)
-    uvicorn.run(app, **common)  # type: ignore[arg-type]
+    config = GuardedConfig(create_app(settings), limits=limits, **common)
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    if not server.started:  # start-up failed; uvicorn logged why
+        raise SystemExit(1)

@@ -8,7 +8,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inferlane.core.errors import ConfigError
+from inferlane.core.state import state_dir
 from inferlane.lanes.jobs import JobsSettings
+from inferlane.lanes.jobs.lane import parse_s3_allow
 
 ENV_PREFIX = "INFERLANE_"
 
@@ -33,8 +35,20 @@ class ServerSettings(BaseModel):
     """Logging level."""
     body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     """Longest a client may take to send a request body (408 past it)."""
-    jobs_store: str = "sqlite:///.inferlane/jobs.db"
-    """Job store: sqlite:///path.db (one machine) or redis://host:port/db (many workers, many hosts)."""
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    """Longest a client may take to send its request line and headers (408 past it)."""
+    max_header_bytes: int = Field(default=32_768, ge=1024, le=16 * 1024 * 1024)
+    """Largest request line and headers together, in bytes (431 past it)."""
+    max_headers: int = Field(default=100, ge=8, le=10_000)
+    """Most header fields in one request (431 past it)."""
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    """Most open connections per server process; requests on extra ones get 503 with Retry-After."""
+    drain_max_bytes: int = Field(default=128 * 1024 * 1024, ge=0)
+    """Most bytes of an unread request body dropped after answering it (e.g. 413), so that the client
+    can read the answer; past it the connection is closed."""
+    jobs_store: str = Field(default_factory=lambda: f"sqlite:///{state_dir() / 'jobs.db'}")
+    """Job store: sqlite:///path.db (one machine) or redis://host:port/db (many workers, many hosts);
+    default ``jobs.db`` in the state folder (``$INFERLANE_STATE_DIR``, else ``.inferlane``)."""
     jobs_workers: int = Field(default=4, ge=0, le=1024)
     """Jobs this server runs at once (0: accept jobs, leave running them to `inferlane jobs worker`)."""
     jobs_ttl_s: float = Field(default=86_400.0, gt=0)
@@ -47,14 +61,22 @@ class ServerSettings(BaseModel):
     """A worker silent for this long is presumed dead and its job runs again elsewhere."""
     jobs_retry_backoff_s: float = Field(default=1.0, ge=0)
     """First retry delay of a failed job attempt (doubles each attempt)."""
-    jobs_results_uri: str = ".inferlane/results"
-    """Folder or s3:// prefix for results too large to keep inline."""
+    jobs_results_uri: str = Field(default_factory=lambda: str(state_dir() / "results"))
+    """Folder or s3:// prefix for results too large to keep inline; default ``results`` in the state folder."""
     jobs_local_root: Path | None = None
     """Folder that input_uri/output_uri local paths may use (unset: local paths refused)."""
     jobs_callback_secret: str | None = Field(default=None, repr=False)
     """HMAC-SHA256 key for the Inferlane-Signature header on callbacks."""
     jobs_callback_allow_private: bool = False
     """Allow callback URLs on loopback or private networks."""
+    jobs_callback_concurrency: int = Field(default=16, ge=1, le=10_000)
+    """Callbacks one process delivers at once."""
+    jobs_s3_allow: str | None = None
+    """Comma-separated s3://bucket/prefix that a job's input_uri and output_uri may name (unset: s3:// refused)."""
+    api_keys: str | None = Field(default=None, repr=False)
+    """API keys of the jobs API: TENANT:KEY entries (comma or newline separated), or a file of them."""
+    jobs_open: bool = False
+    """Serve the jobs API without API keys on a non-loopback address (anyone reaching it sees every job)."""
     s3_endpoint_url: str | None = None
     """Object-store endpoint for s3:// URIs (MinIO, Ceph, ...)."""
     graceful_timeout_s: float = Field(default=30.0, ge=0)
@@ -84,4 +106,5 @@ class ServerSettings(BaseModel):
             retry_backoff_s=self.jobs_retry_backoff_s, results_uri=self.jobs_results_uri,
             local_root=self.jobs_local_root, endpoint_url=self.s3_endpoint_url,
             callback_secret=self.jobs_callback_secret.encode() if self.jobs_callback_secret else None,
-            callback_allow_private=self.jobs_callback_allow_private, workers=self.jobs_workers)
+            callback_allow_private=self.jobs_callback_allow_private, workers=self.jobs_workers,
+            callback_concurrency=self.jobs_callback_concurrency, s3_allow=parse_s3_allow(self.jobs_s3_allow))

@@ -22,6 +22,7 @@ Modules, one concern each:
 Nothing here imports pytest, Redis, Kafka or boto3 until a function needs it.
 """
 
+from inferlane.testing.disk import grow, small_disk
 from inferlane.testing.fixtures import serve_or_fail
 from inferlane.testing.ports import LOOPBACK, accepts_connections, free_port
 from inferlane.testing.processes import (
@@ -42,6 +43,7 @@ from inferlane.testing.services import (
     INSTALL_PUSHGATEWAY,
     INSTALL_REDIS_SERVER,
     INSTALL_TANSU,
+    RestartableRedis,
     ServiceError,
     create_topics,
     kafka_broker,
@@ -65,6 +67,7 @@ __all__ = [
     "LOOPBACK",
     "Column",
     "HttpReceiver",
+    "RestartableRedis",
     "ServerProcess",
     "ServiceError",
     "WaitFailed",
@@ -75,6 +78,7 @@ __all__ = [
     "exited",
     "format_table",
     "free_port",
+    "grow",
     "is_ready",
     "kafka_broker",
     "log_tail",
@@ -90,6 +94,7 @@ __all__ = [
     "s3_server",
     "serve",
     "serve_or_fail",
+    "small_disk",
     "start_py_spy",
     "start_server",
     "stop_process",

@@ -15,13 +15,23 @@ from collections.abc import Hashable, Mapping
 
 import numpy as np
 
-from inferlane.core.datatypes import to_numpy
+from inferlane.core.datatypes import from_numpy, to_numpy
 from inferlane.core.errors import InvalidInput, PayloadTooLarge
 from inferlane.core.spec import ModelConfig
 
 
 def shape_ok(shape: tuple[int, ...], spec: tuple[int, ...]) -> bool:
     return len(shape) == len(spec) and all(s == -1 or s == d for s, d in zip(spec, shape, strict=True))
+
+
+def _datatype_of(arr: np.ndarray, expected: str) -> str:
+    """The Open Inference Protocol name of an array's datatype; NumPy's name when there is none or
+    when it reads the same as the expected one (a NumPy string array for BYTES)."""
+    try:
+        name = from_numpy(arr.dtype)
+    except TypeError:
+        return f"numpy {arr.dtype}"
+    return f"numpy {arr.dtype}" if name == expected else name
 
 
 def fmt_shape(shape: tuple[int, ...]) -> str:
@@ -62,7 +72,8 @@ class Signature:
             if arr is None:
                 raise self._names_error(inputs)
             if arr.dtype != dtype:
-                raise InvalidInput(f"input {name!r}: datatype must be {spec.datatype}")
+                raise InvalidInput(f"input {name!r}: datatype must be {spec.datatype}, "
+                                   f"got {_datatype_of(arr, spec.datatype)}")
             shape = arr.shape
             if (shape[1:] != row_shape or len(shape) != len(spec.shape)) if row_shape is not None \
                     else not shape_ok(shape, spec.shape):

@@ -15,6 +15,11 @@ __all__ = ["Batch", "Runtime", "load_runtime"]
 def load_runtime(config: ModelConfig, version_dir: Path, plan: ThreadPlan) -> Runtime:
     """Load one version's artifact with the runtime its config names, its threads as ``plan`` says."""
     artifact = version_dir / config.artifact_name
+    folder, target = version_dir.resolve(), artifact.resolve()
+    if not target.is_relative_to(folder):
+        # '..', an absolute path or a symbolic link: a model loads only what its version folder holds.
+        raise ConfigError(f"{artifact}: model.yaml field 'artifact' must name a file inside the version "
+                          f"folder {version_dir}; this one resolves to {target}")
     if not artifact.is_file():
         raise ConfigError(f"{artifact}: artifact not found (runtime {config.runtime} expects "
                           f"'{config.artifact_name}'; set 'artifact' in model.yaml to change it)")

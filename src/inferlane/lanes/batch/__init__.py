@@ -5,7 +5,17 @@ steps of one shard and the run state) · local.py and ray_engine.py (where the s
 (``run_batch``: plan, engine, report) · schedule.py (cron runs with a deadline estimate).
 """
 
-from inferlane.lanes.batch.config import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, BatchJob, ShardFailed
-from inferlane.lanes.batch.job import plan, run_batch
+from inferlane.lanes.batch.config import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    BatchJob,
+    Interrupted,
+    ShardFailed,
+    default_state_dir,
+)
+from inferlane.lanes.batch.job import dry_run, plan, run_batch
 
-__all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "BatchJob", "ShardFailed", "plan", "run_batch"]
+__all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "BatchJob", "Interrupted", "ShardFailed",
+           "default_state_dir", "dry_run", "plan", "run_batch"]

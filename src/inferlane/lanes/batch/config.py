@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from inferlane.core.errors import InferlaneError
 from inferlane.core.retry import RetryPolicy
+from inferlane.core.state import state_dir
 from inferlane.lanes.batch.sources import Format
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
@@ -14,6 +16,22 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 class ShardFailed(InferlaneError):
     """A shard failed for good (a permanent error, or transient ones past the retry policy)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the job between shards; ``message`` says how far it got. Being a
+    KeyboardInterrupt, it stops callers that do not look for it the usual way."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def default_state_dir() -> Path:
+    """Where a batch job keeps files that belong to no output folder (the report and rejects of a
+    database output): the state folder of every lane (``core/state.py``: ``$INFERLANE_STATE_DIR``,
+    else ``.inferlane`` under the current directory)."""
+    return state_dir()
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,11 @@ class BatchJob:
     """Object-store endpoint for s3:// URIs (e.g. a local S3-compatible server)."""
     overwrite: bool = False
     rejects_dir: str | None = None
+    state_dir: str | None = None
+    """Folder for a database output's report and rejects, as ``batch/<job_id>-report.json`` and
+    ``batch/<job_id>-rejects/`` (default :func:`default_state_dir`)."""
+    limit: int | None = None
+    """Score only the first ``limit`` rows of the plan (part of the plan: a resumed run needs the same)."""
     progress: bool = True
     ray_actors: int = 2
     metrics_port: int | None = None

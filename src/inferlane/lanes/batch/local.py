@@ -27,16 +27,23 @@ def run_local(run: BatchRun, scorer: ShardScorer, todo: list[Shard]) -> None:
             ThreadPoolExecutor(1, thread_name_prefix="batch-write") as writer:
         reads: dict[int, Future[LoadedShard]] = {i: reader.submit(read, s) for i, s in enumerate(todo[:2])}
         writes: list[Future[None]] = []
-        for i, shard in enumerate(todo):
-            if i + 2 < len(todo):
-                reads[i + 2] = reader.submit(read, todo[i + 2])
-            try:
-                result = score(shard, reads.pop(i).result())
-            except ShardFailed as e:
-                run.fail(e)
-                continue
-            if len(writes) >= 2:
-                writes[-2].result()
-            writes.append(writer.submit(run.commit, result))
+        try:
+            for i, shard in enumerate(todo):
+                if i + 2 < len(todo):
+                    reads[i + 2] = reader.submit(read, todo[i + 2])
+                try:
+                    result = score(shard, reads.pop(i).result())
+                except ShardFailed as e:
+                    run.fail(e)
+                    continue
+                if len(writes) >= 2:
+                    writes[-2].result()
+                writes.append(writer.submit(run.commit, result))
+        except BaseException:
+            # Stopping (Ctrl-C, bad usage): reads not started are dropped; scored shards already
+            # handed to the writer are still committed (the executors wait for them).
+            for f in reads.values():
+                f.cancel()
+            raise
         for w in writes:
             w.result()

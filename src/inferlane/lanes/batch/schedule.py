@@ -26,6 +26,7 @@ import orjson
 from inferlane.core.errors import ConfigError
 from inferlane.core.metrics import Metrics
 from inferlane.core.repository import scan_model
+from inferlane.core.state import state_dir
 from inferlane.lanes.batch.config import BatchJob
 from inferlane.lanes.batch.job import plan, run_batch
 
@@ -94,8 +95,10 @@ def estimate(rows: int, history: list[dict[str, Any]], start: datetime, deadline
     if not history:
         return Estimate(rows, None, 0.0, None, deadline)
     rate = statistics.median(float(r["rows_per_s"]) for r in history)
+    # rows_per_s is this run's rate: divide this run's rows (a resumed run read fewer than the job's total).
     overhead = statistics.median(
-        max(0.0, float(r["duration_s"]) - float(r["rows_read"]) / float(r["rows_per_s"])) for r in history)
+        max(0.0, float(r["duration_s"]) - float(r.get("rows_read_this_run", r["rows_read"])) / float(r["rows_per_s"]))
+        for r in history)
     finish = start + timedelta(seconds=overhead + rows / rate)
     return Estimate(rows, rate, overhead, finish, deadline)
 
@@ -110,7 +113,7 @@ class Schedule:
     """Time of day each run must finish by, e.g. ``08:00``."""
     name: str = "batch"
     history: Path | None = None
-    """Run history (JSON lines); default ``.inferlane/schedule-<name>.jsonl``."""
+    """Run history (JSON lines); default ``<state folder>/schedule-<name>.jsonl`` (``core/state.py``)."""
     run_now: bool = False
     max_runs: int | None = None
 
@@ -131,7 +134,7 @@ def run_schedule(schedule: Schedule, stop: threading.Event, *, metrics: Metrics 
                         ("schedule",)).labels(*labels, schedule.name)
     last_ok = metrics.gauge("inferlane_batch_last_success_timestamp_seconds", "Last successful run (Unix time)",
                             ("schedule",)).labels(*labels, schedule.name)
-    history = schedule.history or Path(f".inferlane/schedule-{schedule.name}.jsonl")
+    history = schedule.history or state_dir() / f"schedule-{schedule.name}.jsonl"
     cron = croniter(schedule.cron, datetime.now().astimezone())
     runs = 0
     while not stop.is_set() and (schedule.max_runs is None or runs < schedule.max_runs):

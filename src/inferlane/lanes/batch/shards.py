@@ -78,10 +78,15 @@ class ShardScorer:
                  on_forward: Callable[[int, float], None] | None = None) -> None:
         self.job = job
         self.model = model or ModelVersion.open(job.model, job.version, job.threads)
-        self.columns = ColumnDecoder.create(self.model.config, job.key, job.columns)
-        self.records = RecordDecoder.create(self.model.config, job.key, job.columns, what="line", globs=True,
-                                            every_other_field=True,
-                                            key_hint="name the key column(s) that identify a row")
+        try:
+            self.columns = ColumnDecoder.create(self.model.config, job.key, job.columns)
+            self.records = RecordDecoder.create(self.model.config, job.key, job.columns, what="line", globs=True,
+                                                every_other_field=True,
+                                                key_hint="name the key column(s) that identify a row")
+        except BaseException:
+            if model is None:  # opened here: closed here, not left to interpreter exit
+                self.model.close()
+            raise
         self.fs, _ = filesystem_for(job.input, job.endpoint_url)
         self.on_forward = on_forward
 
@@ -178,6 +183,7 @@ class BatchRun:
     rows_read: int = 0
     rows_written: int = 0
     rows_rejected: int = 0
+    shards_committed: int = 0
     retries: int = 0
     failures: list[str] = field(default_factory=list)
 
@@ -199,6 +205,7 @@ class BatchRun:
         except ShardFailed as e:
             self.fail(e)
             return
+        self.shards_committed += 1
         self.rows_read += res.rows_read
         self.rows_written += res.table.num_rows
         self.rows_rejected += len(res.rejects)

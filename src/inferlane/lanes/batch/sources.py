@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import posixpath
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -145,8 +145,22 @@ def plan_shards(fs: pafs.FileSystem, files: list[InputFile], shard_rows: int) ->
     return shards
 
 
-def plan_fingerprint(files: list[InputFile], shard_rows: int) -> str:
-    h = hashlib.sha256(str(shard_rows).encode())
+def limit_shards(shards: list[Shard], limit: int | None) -> list[Shard]:
+    """The first ``limit`` rows of the plan: the shards that hold them, the last one cut short."""
+    if limit is None:
+        return shards
+    out: list[Shard] = []
+    left = limit
+    for s in shards:
+        if left <= 0:
+            break
+        out.append(s if s.rows <= left else replace(s, stop=s.start + left))
+        left -= s.rows
+    return out
+
+
+def plan_fingerprint(files: list[InputFile], shard_rows: int, limit: int | None = None) -> str:
+    h = hashlib.sha256(str(shard_rows).encode() + (b"" if limit is None else f"\0limit={limit}".encode()))
     for f in files:
         h.update(f"{f.path}\0{f.size}\0{f.mtime_ns}\0{f.format}\n".encode())
     return h.hexdigest()[:16]
@@ -192,19 +206,38 @@ class ShardData:
 
 
 def read_shard(fs: pafs.FileSystem, shard: Shard, batch_rows: int) -> ShardData:
-    """Read the shard's rows, in chunks of at most ``batch_rows`` rows."""
+    """Read the shard's rows, in chunks of at most ``batch_rows`` rows (none past ``shard.stop``,
+    which --limit may set inside a row group or line range)."""
     f = shard.file
     if f.format == "parquet":
         with fs.open_input_file(f.path) as fh:
             pf = pq.ParquetFile(fh)
             batches = list(pf.iter_batches(batch_size=batch_rows, row_groups=list(shard.row_groups),
                                            use_threads=False))
-        return ShardData(_numbered(batches, shard.start, text=False), [])
+        return _cut(ShardData(_numbered(batches, shard.start, text=False), []), shard.stop)
     with fs.open_input_file(f.path) as fh:
         raw = fh.read_at(shard.byte_stop - shard.byte_start, shard.byte_start)
     if f.format == "csv":
-        return _parse_csv(raw, _csv_header(fs, f), shard.start, batch_rows)
-    return _split_jsonl(raw, shard.start, batch_rows)
+        return _cut(_parse_csv(raw, _csv_header(fs, f), shard.start, batch_rows), shard.stop)
+    return _cut(_split_jsonl(raw, shard.start, batch_rows), shard.stop)
+
+
+def _cut(data: ShardData, stop: int) -> ShardData:
+    """Only the rows numbered below ``stop``."""
+    chunks = []
+    for c in data.chunks:
+        n = c.batch.num_rows if c.batch is not None else len(c.lines or [])
+        if n == 0 or c.row(n - 1) < stop:  # row numbers grow within a chunk: the usual case is one look
+            chunks.append(c)
+            continue
+        keep = sum(1 for pos in range(n) if c.row(pos) < stop)
+        if keep == n:
+            chunks.append(c)
+        elif keep:
+            chunks.append(Chunk(c.first_row, batch=c.batch.slice(0, keep) if c.batch is not None else None,
+                                text=c.text, lines=c.lines[:keep] if c.lines is not None else None,
+                                line_rows=c.line_rows[:keep] if c.line_rows is not None else None))
+    return ShardData(chunks, [(row, why) for row, why in data.unparsable if row < stop])
 
 
 def _numbered(batches: list[pa.RecordBatch], first_row: int, *, text: bool) -> list[Chunk]:

@@ -5,6 +5,7 @@ The backlog gauges are what an autoscaler scales workers on. The store queues jo
 whatever version they asked for, so their ``version`` label is ``*``:
 
 - ``inferlane_jobs_backlog``, ``inferlane_jobs_running``, ``inferlane_jobs_oldest_queued_age_seconds``
+- ``inferlane_jobs_worker_healthy`` (model and version ``*``): 0 while the worker cannot use the store
 - ``inferlane_job_duration_seconds`` (submit to final state), ``inferlane_job_attempts_total``,
   ``inferlane_job_outcomes_total{outcome}`` — their version is the one the job asked for, or ``default``
 """
@@ -29,7 +30,14 @@ class JobsMetrics:
                                          buckets=_JOB_BUCKETS)
         self.attempts = metrics.counter("inferlane_job_attempts_total", "Job attempts started by this process")
         self.outcomes = metrics.counter("inferlane_job_outcomes_total", "Job attempts by outcome", ("outcome",))
+        self.worker_healthy = metrics.gauge(
+            "inferlane_jobs_worker_healthy",
+            "1 while this process's job worker can use the job store; 0 while it is failing or stopped")
         self._published: set[str] = set()
+
+    def set_worker_healthy(self, healthy: bool) -> None:
+        """The worker gauge (model and version ``*``: the worker serves every model)."""
+        self.worker_healthy.labels(ALL_VERSIONS, ALL_VERSIONS, "jobs").set(1 if healthy else 0)
 
     def publish(self, stats: JobStats) -> None:
         """Set the backlog gauges of every model; a model whose queue emptied goes to zero."""

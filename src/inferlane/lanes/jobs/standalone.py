@@ -16,7 +16,7 @@ from pathlib import Path
 
 from inferlane.core.metrics import Metrics
 from inferlane.core.urls import redact
-from inferlane.lanes.jobs.lane import JobsLane, JobsSettings
+from inferlane.lanes.jobs.lane import JobsLane, JobsSettings, check_store
 from inferlane.lanes.jobs.worker import JobWorker
 from inferlane.rollout.registry import ModelRegistry
 from inferlane.store.jobs import open_job_store
@@ -35,6 +35,7 @@ def run_worker(repository: Path, store_url: str, settings: JobsSettings, *, metr
         metrics.watch_queues(registry.queue_states)
         store = open_job_store(store_url)
         try:
+            check_store(store, store_url)
             asyncio.run(_work(JobsLane(registry, store, settings, metrics), store_url, graceful_timeout_s))
         finally:
             store.close()

@@ -12,6 +12,7 @@ import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from inferlane.core.inputs import RecordDecoder
@@ -45,6 +46,9 @@ class StreamJob:
     threads: int = 0
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    state_dir: str | None = None
+    """The lane's local state (Kafka delivery counts, the default dead-letter file); default
+    ``.inferlane/stream/<group>``."""
 
 
 def run_stream(job: StreamJob, stop: threading.Event, *, on_start: Callable[[str], None] | None = None,
@@ -61,10 +65,12 @@ def run_stream(job: StreamJob, stop: threading.Event, *, on_start: Callable[[str
     try:
         sink = open_stream_sink(job.sink, key_field=job.key, table=job.table)
         opened.append(sink)
-        dlq = open_dead_letters(job.dlq, group=job.group, model=entry.name, version=version)
+        state_dir = Path(job.state_dir) if job.state_dir is not None else None
+        dlq = open_dead_letters(job.dlq, group=job.group, model=entry.name, version=version, key_field=job.key,
+                                state_dir=state_dir)
         opened.append(dlq)
         source = open_source(job.source, job.group, start=job.start, max_wait_ms=int(job.settings.max_wait_ms),
-                             consumer=job.consumer, claim_idle_ms=job.claim_idle_ms)
+                             consumer=job.consumer, claim_idle_ms=job.claim_idle_ms, state_dir=state_dir)
         opened.append(source)
         metrics = metrics or Metrics()
         stream_metrics = StreamMetrics(entry.name, version, metrics)

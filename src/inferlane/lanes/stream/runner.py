@@ -6,9 +6,18 @@ Three threads, each stage in order, so commits follow writes in the order events
   events or ``max_wait_ms`` after its first event, hands it on, and commits positions that the
   writer reports done. Kafka rebalance callbacks run here too.
 - the **scorer** decodes events (bad ones become dead letters) and runs the model; when a batch
-  fails it is split in halves until the events that fail alone are found and dead-lettered.
+  fails it is split in halves until the events that fail alone are found and dead-lettered. When
+  most of a batch fails for one reason, or the model is not ready, the model is down, not the
+  events: the scorer retries the whole batch with backoff (a circuit breaker; the pipeline fills
+  and consumption pauses meanwhile) and stops the lane after ``model_retry_s``.
+- **crash loops**: events delivered before (in flight when the lane crashed or stopped) are scored
+  one at a time, each written and committed before the next is handed out, so that a crash
+  points at one event. The first of them delivered more than ``max_deliveries`` times is the
+  one that keeps crashing the lane: it is dead-lettered without being scored.
 - the **writer** writes outputs and dead letters, retrying until the destination acknowledges
-  them, then reports the batch's positions for commit.
+  them, then reports the batch's positions for commit. Before that it checks the share of
+  dead letters among the last ``dead_letter_window`` events: over ``max_dead_letter_ratio`` (a wrong
+  ``--key``, a schema change) the lane stops, committing nothing past the last good batch.
 
 At most ``max_inflight`` batches are between consumer and commit; beyond that the consumer pauses
 the source (Kafka keeps polling so the group does not evict it), which bounds memory under any
@@ -26,13 +35,14 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from inferlane.core.errors import ConfigError
+from inferlane.core.errors import ConfigError, InferlaneError, Unavailable
 from inferlane.core.inputs import RecordDecoder
 from inferlane.core.model import ModelVersion
 from inferlane.core.retry import RetryPolicy, is_transient
@@ -61,6 +71,17 @@ class StreamSettings:
     """First pause before retrying a failed sink write; doubles up to 5 s."""
     sink_retry_s: float = 120.0
     """How long transient sink failures are retried before the lane stops with the error."""
+    model_retry_s: float = 120.0
+    """How long a failing model (most of a batch failing for one reason, or not ready) is retried
+    with backoff before the lane stops with the error."""
+    max_dead_letter_ratio: float = 0.5
+    """Stop the lane when more than this share of the last ``dead_letter_window`` events were
+    dead-lettered (1: never)."""
+    dead_letter_window: int = 1000
+    """Events over which ``max_dead_letter_ratio`` is measured; checked once 100 of them (or the
+    whole window, when smaller) were seen."""
+    max_deliveries: int = 5
+    """An event delivered more often than this (uncommitted each time) is dead-lettered unscored."""
     lag_interval_s: float = 1.0
     log_interval_s: float = 10.0
 
@@ -73,6 +94,14 @@ class StreamSettings:
             raise ConfigError(f"--max-inflight {self.max_inflight}: at least 1")
         if self.sink_retry_s < 0:
             raise ConfigError(f"--sink-retry-s {self.sink_retry_s}: 0 or more")
+        if self.model_retry_s < 0:
+            raise ConfigError(f"--model-retry-s {self.model_retry_s}: 0 or more")
+        if not 0 <= self.max_dead_letter_ratio <= 1:
+            raise ConfigError(f"--max-dead-letter-ratio {self.max_dead_letter_ratio}: between 0 and 1")
+        if self.dead_letter_window < 1:
+            raise ConfigError(f"--dead-letter-window {self.dead_letter_window}: at least 1")
+        if self.max_deliveries < 1:
+            raise ConfigError(f"--max-deliveries {self.max_deliveries}: at least 1")
 
 
 @dataclass(slots=True)
@@ -81,10 +110,22 @@ class _Work:
     positions: Positions
     scored: Scored | None = None
     dead: list[DeadLetter] = field(default_factory=list)
+    crashing: bool = False
+    """The one event of this work crashed the lane more than ``max_deliveries`` times: dead-letter it unscored."""
 
 
 class _Aborted(Exception):
     """Stop was requested while a write kept failing: the batch stays uncommitted."""
+
+
+class ModelOutage(Unavailable):
+    """Most of a micro-batch failed for one reason: the model (or what it depends on) is down, not
+    the events. Transient: the scorer retries the batch instead of dead-lettering it."""
+
+
+class TooManyDeadLetters(InferlaneError):
+    """Over ``--max-dead-letter-ratio`` of recent events were dead-lettered: the job is wrong
+    (``--key``, ``--columns``, the model version), not the events."""
 
 
 _STOP = object()
@@ -115,6 +156,11 @@ class StreamRunner:
         self._source_paused = False
         self._first_event_at: float | None = None
         self._last_written_at = 0.0
+        self._recent: deque[tuple[int, int]] = deque()
+        """(events, dead letters) of the last written batches, for ``max_dead_letter_ratio``."""
+        self._recent_events = self._recent_dead = 0
+        self._source_failures = 0
+        self._stop = threading.Event()
         source.on_revoke = self._revoked
 
     # -- consumer thread ----------------------------------------------------------------------------
@@ -122,6 +168,7 @@ class StreamRunner:
         """Consume until ``stop`` is set (or idle for ``idle_exit_s``); returns a report. Raises the
         error of a failed stage after committing what was written before it."""
         s = self.settings
+        self._stop = stop
         started = time.monotonic()
         threads = [threading.Thread(target=self._stage, args=(self._scoring, self._score, False),
                                     name="stream-scorer", daemon=True),
@@ -161,7 +208,15 @@ class StreamRunner:
                         last_event = now  # idle time counts from the assignment (a group join takes seconds)
                     elif s.idle_exit_s is not None and now - last_event >= s.idle_exit_s and self._inflight == 0:
                         break
-                events = self.source.poll(s.max_batch - len(self._partial), timeout)
+                try:
+                    events = self.source.poll(s.max_batch - len(self._partial), timeout)
+                except Exception as e:
+                    if not is_transient(e):
+                        raise
+                    self._source_down(e, stop)  # a broker restart: wait, then read on
+                    last_event = time.monotonic()  # an outage is not idleness
+                    continue
+                self._source_failures = 0
                 if events:
                     last_event = time.monotonic()
                     if self._first_event_at is None:
@@ -207,9 +262,54 @@ class StreamRunner:
             self._cond.wait_for(lambda: self._inflight < self.settings.max_inflight or self._fatal is not None,
                                 timeout=0.05)
 
+    def _source_down(self, error: BaseException, stop: threading.Event) -> None:
+        """The source failed for a transient reason: back off (doubling to 5 s) until a poll works."""
+        self._source_failures += 1
+        delay = min(5.0, self.settings.retry_backoff_s * 2 ** (self._source_failures - 1))
+        log.warning("reading %s failed (%s: %s); retrying in %.1f s", self.source.description,
+                    type(error).__name__, error, delay)
+        stop.wait(delay)
+
     def _dispatch(self) -> None:
         batch, self._partial = self._partial, []
-        work = _Work(batch, self.source.positions(batch))
+        redelivered = max((i for i, e in enumerate(batch) if e.deliveries > 1), default=-1)
+        if redelivered >= 0:
+            if not self._isolate(batch[:redelivered + 1]):
+                return  # stopping: the rest stays uncommitted and is delivered again
+            batch = batch[redelivered + 1:]
+            if not batch:
+                return
+        self._send(_Work(batch, self.source.positions(batch)))
+
+    def _isolate(self, events: list[Event]) -> bool:
+        """Score events that may have crashed the lane one at a time, each written and committed
+        before the next is handed out: a crash then leaves exactly one event uncommitted, and only
+        its delivery count grows. The first delivered more than ``max_deliveries`` times is the one
+        that crashed the lane that often (Redis counts its neighbours' re-reads too): it alone is
+        dead-lettered. False when the lane stops or fails meanwhile."""
+        limit = self.settings.max_deliveries
+        crashing = next((i for i, e in enumerate(events) if e.deliveries > limit), -1)
+        log.warning("%d event(s) delivered before without being committed; scoring them one at a time",
+                    len(events))
+        if not self._settle():
+            return False
+        for i, e in enumerate(events):
+            self._send(_Work([e], self.source.positions([e]), crashing=i == crashing))
+            if not self._settle() or (self._stop.is_set() and i + 1 < len(events)):
+                return False
+        return True
+
+    def _settle(self) -> bool:
+        """Wait until every in-flight batch is written, then commit it; False when a stage failed."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._inflight == 0 or self._fatal is not None)
+        if self._fatal is not None:
+            return False
+        self._commit_done(wait=True)
+        return True
+
+    def _send(self, work: _Work) -> None:
+        self.source.handing_out(work.events)  # before the model sees them: a crash now counts
         with self._cond:
             self._inflight += 1
             self.metrics.set_inflight(self._inflight)
@@ -224,7 +324,16 @@ class StreamRunner:
         merged: Positions = {}
         for pos in done:
             self.source.merge(merged, pos)
-        self.source.commit(merged, wait=wait)
+        try:
+            self.source.commit(merged, wait=wait)
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            # the broker is away: commit these again with the next ones (commits are idempotent)
+            log.warning("commit to %s failed (%s: %s); retrying with the next commit", self.source.description,
+                        type(e).__name__, e)
+            with self._cond:
+                self._done.insert(0, merged)
 
     def _finish(self, timeout_s: float) -> None:
         """Hand on the partial batch, wait for every in-flight batch (up to ``timeout_s``), commit."""
@@ -279,10 +388,16 @@ class StreamRunner:
     def _score(self, works: list[_Work]) -> None:
         work, = works
         events = work.events
-        decoded = self.decoder.decode([e.value for e in events])
         self.metrics.on_batch(len(events), min(e.ts_ms for e in events), time.time())
-        work.dead = [DeadLetter(events[i], "decode", reason) for i, reason in decoded.rejects]
-        outputs, failures = self._forward(decoded.inputs, len(decoded.index))
+        if work.crashing:
+            e, = events
+            work.dead = [DeadLetter(e, "deliveries", f"delivered {e.deliveries} times without being committed (the "
+                                    f"lane stopped or crashed while scoring it; --max-deliveries "
+                                    f"{self.settings.max_deliveries})")]
+            events = []
+        decoded = self.decoder.decode([e.value for e in events])
+        work.dead.extend(DeadLetter(events[i], "decode", reason) for i, reason in decoded.rejects)
+        outputs, failures = self._score_or_wait(decoded.inputs, len(decoded.index))
         key_field = self.decoder.key[0]
         index, keys = decoded.index, decoded.keys[key_field]
         if failures:
@@ -295,6 +410,37 @@ class StreamRunner:
                              [events[i].ts_ms for i in index])
         self._writing.put(work)
 
+    def _score_or_wait(self, inputs: dict[str, np.ndarray],
+                       rows: int) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
+        """Score under the circuit breaker: while the model is down (not ready, or failing most of
+        the batch for one reason) the batch is retried with backoff (core/retry.py) for at most
+        ``model_retry_s``, then the lane stops with the error; nothing of it is dead-lettered."""
+        def attempt() -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
+            outputs, failures = self._forward(inputs, rows)
+            if rows > 1 and len(failures) * 2 > rows:
+                reason, n = Counter(err.split(":", 1)[0] for _, err in failures).most_common(1)[0]
+                if n * 2 > rows:
+                    first = next(err for _, err in failures if err.startswith(reason))
+                    raise ModelOutage(f"model {self.model.name} failed on {n} of {rows} events of a micro-batch "
+                                      f"({first[:300]})")
+            return outputs, failures
+
+        policy = RetryPolicy(attempts=None, backoff_s=self.settings.retry_backoff_s, max_backoff_s=5.0,
+                             give_up_after_s=self.settings.model_retry_s)
+        try:
+            return policy.call(attempt, what=f"model {self.model.name} {self.model.version}", sleep=self._sleep)
+        except _Aborted:
+            raise
+        except Exception as e:
+            if self._abort.is_set() and is_transient(e):
+                raise _Aborted from e
+            raise
+
+    def _sleep(self, seconds: float) -> None:
+        """A retry's pause, which a stop request ends (the batch stays uncommitted)."""
+        if self._abort.wait(seconds):
+            raise _Aborted
+
     def _forward(self, inputs: dict[str, np.ndarray], rows: int) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
         """Outputs of the rows that scored, and (row, error) for those that failed on their own."""
         if rows == 0:
@@ -302,6 +448,8 @@ class StreamRunner:
         try:
             return self.model.score(inputs, self.settings.max_batch), []
         except Exception as e:  # one event may break a whole batch: find it
+            if is_transient(e):  # the model is not ready (or overloaded): no event is at fault
+                raise
             if rows == 1:
                 return {}, [(0, f"{type(e).__name__}: {e}"[:1000])]
         half = rows // 2
@@ -315,7 +463,39 @@ class StreamRunner:
 
     def _write(self, works: list[_Work]) -> None:
         """Every batch waiting is written together: one acknowledgement wait (a Kafka flush, a
-        transaction) for all of them, which keeps the sink's round trip off the per-batch path."""
+        transaction) for all of them, which keeps the sink's round trip off the per-batch path.
+        A batch that takes the dead letters over ``max_dead_letter_ratio`` stops the lane: the
+        batches before it are written and committed, it and those after it are not."""
+        for i, work in enumerate(works):
+            error = self._count_dead_letters(work)
+            if error is not None:
+                if i:
+                    self._write_all(works[:i])
+                raise error
+        self._write_all(works)
+
+    def _count_dead_letters(self, work: _Work) -> TooManyDeadLetters | None:
+        """Add a batch to the dead-letter window; the error when that takes it over the ratio."""
+        s = self.settings
+        recent = self._recent
+        recent.append((len(work.events), len(work.dead)))
+        self._recent_events += len(work.events)
+        self._recent_dead += len(work.dead)
+        while len(recent) > 1 and self._recent_events - recent[0][0] >= s.dead_letter_window:
+            events, dead = recent.popleft()
+            self._recent_events -= events
+            self._recent_dead -= dead
+        seen, dead = self._recent_events, self._recent_dead
+        if seen < min(100, s.dead_letter_window) or dead <= s.max_dead_letter_ratio * seen:
+            return None
+        sample = work.dead[0] if work.dead else None
+        return TooManyDeadLetters(
+            f"{dead} of the last {seen} events were dead-lettered, over --max-dead-letter-ratio "
+            f"{s.max_dead_letter_ratio:g}" + (f" (latest: {sample.stage}: {sample.error[:200]})" if sample else "")
+            + "; stopped without committing them: check --key and --columns against the events "
+              "(or raise --max-dead-letter-ratio)")
+
+    def _write_all(self, works: list[_Work]) -> None:
         scored = _concat([w.scored for w in works if w.scored is not None])
         dead = [d for w in works for d in w.dead]
         if scored.keys:
@@ -337,14 +517,10 @@ class StreamRunner:
         def on_retry(n: int, e: BaseException, delay: float) -> None:
             self.metrics.on_sink_retry()
 
-        def sleep(seconds: float) -> None:
-            if self._abort.wait(seconds):
-                raise _Aborted
-
         policy = RetryPolicy(attempts=None, backoff_s=self.settings.retry_backoff_s, max_backoff_s=5.0,
                              give_up_after_s=self.settings.sink_retry_s)
         try:
-            policy.call(write, what=f"write to {what}", on_retry=on_retry, sleep=sleep)
+            policy.call(write, what=f"write to {what}", on_retry=on_retry, sleep=self._sleep)
         except _Aborted:
             raise
         except Exception as e:

@@ -17,12 +17,16 @@ A failed write raises SinkError, which says whether a retry can help (core/retry
 the error underneath): the runner retries transient ones within its budget and stops on the rest.
 
 Dead letters (``--dlq``): a Kafka topic, a Redis stream, or a ``.jsonl`` file, one JSON object per
-event with the error, the stage that failed and the original payload.
+event with the error, the stage that failed and the original payload. A payload over
+``DEAD_LETTER_PAYLOAD_BYTES`` keeps only its first bytes, with its size and SHA-256: an event too
+big for the dead-letter destination's record limit would otherwise be refused there on every
+retry and stall the stream.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import threading
 import time
@@ -36,8 +40,8 @@ import orjson
 
 from inferlane.core.errors import ConfigError, InferlaneError
 from inferlane.core.retry import is_transient
-from inferlane.core.urls import kafka_url, redis_url, scheme
-from inferlane.lanes.stream.sources import Event, require_topics
+from inferlane.core.urls import kafka_url, redact, redis_url, scheme
+from inferlane.lanes.stream.sources import Event, default_state_dir, require_topics
 from inferlane.store.tables import open_row_writer, scored_table
 
 
@@ -93,7 +97,7 @@ class KafkaWriter:
 
         target = kafka_url(url, what)
         if len(target.names) != 1:
-            raise ConfigError(f"{what} {url}: one topic")
+            raise ConfigError(f"{what} {redact(url)}: one topic")
         self.topic = target.names[0]
         self.description = f"Kafka {target.bootstrap} topic {self.topic}"
         conf: dict[str, Any] = {
@@ -108,7 +112,7 @@ class KafkaWriter:
         conf.update(target.settings)
         self._errors: list[Any] = []
         self._producer = Producer(conf)
-        require_topics(self._producer, [self.topic], f"{what} {url}")
+        require_topics(self._producer, [self.topic], f"{what} {redact(url)}")
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -150,19 +154,19 @@ class RedisStreamWriter:
         target = redis_url(url, what, name="required")
         assert target.name is not None
         if "," in target.name:
-            raise ConfigError(f"{what} {url}: one stream")
+            raise ConfigError(f"{what} {redact(url)}: one stream")
         self.stream = target.name
         try:
             self.maxlen = int(target.params["maxlen"]) if "maxlen" in target.params else None
         except ValueError as e:
-            raise ConfigError(f"{what} {url}: maxlen= takes a number") from e
+            raise ConfigError(f"{what} {redact(url)}: maxlen= takes a number") from e
         self.description = f"Redis {target.host}:{target.port} stream {self.stream}"
         self._r = target.client()
         try:
             self._r.ping()  # fail at startup, not with a write retried forever
         except redis.RedisError as e:
             self._r.close()
-            raise ConfigError(f"{what} {url}: cannot reach Redis ({e})") from e
+            raise ConfigError(f"{what} {redact(url)}: cannot reach Redis ({e})") from e
 
     def write(self, records: list[tuple[bytes | None, bytes]]) -> None:
         import redis
@@ -265,14 +269,22 @@ class TableSink:
         self._writer.close()
 
 
-class DeadLetters:
-    """Failed events with their error and original payload, on any record writer."""
+DEAD_LETTER_PAYLOAD_BYTES = 16_384
+"""A dead letter keeps at most this many bytes of the payload (docs/stream.md, "Dead letters")."""
 
-    def __init__(self, writer: RecordWriter, model: str, version: str) -> None:
+
+class DeadLetters:
+    """Failed events with their error and original payload (its first ``payload_bytes`` bytes), on
+    any record writer. ``key_field`` (``--key``) names the event field reported as ``key``."""
+
+    def __init__(self, writer: RecordWriter, model: str, version: str, *, key_field: str | None = None,
+                 payload_bytes: int = DEAD_LETTER_PAYLOAD_BYTES) -> None:
         self.writer = writer
         self.description = writer.description
         self.model = model
         self.version = version
+        self.key_field = key_field
+        self.payload_bytes = payload_bytes
 
     def write(self, letters: list[DeadLetter]) -> None:
         now_ms = int(time.time() * 1000)
@@ -282,20 +294,55 @@ class DeadLetters:
             rec: dict[str, Any] = {"error": d.error, "stage": d.stage, "source": e.partition,
                                    "offset": e.offset, "event_time_ms": e.ts_ms, "model_name": self.model,
                                    "model_version": self.version, "failed_at_ms": now_ms,
-                                   "key": _text(e.key)}
-            try:
-                rec["payload"] = e.value.decode() if e.value is not None else None
-            except UnicodeDecodeError:
-                rec["payload_base64"] = base64.b64encode(e.value or b"").decode()
+                                   "key": self._key(e)}
+            rec.update(_payload(e.value, self.payload_bytes))
             records.append((e.key, orjson.dumps(rec)))
         self.writer.write(records)
+
+    def _key(self, event: Event) -> str | int | None:
+        """The event's ``--key`` field when its payload has one, else the Kafka message key."""
+        if self.key_field is not None and event.value is not None:
+            try:
+                doc = orjson.loads(event.value)
+            except orjson.JSONDecodeError:
+                doc = None
+            key = doc.get(self.key_field) if isinstance(doc, dict) else None
+            if isinstance(key, str | int) and not isinstance(key, bool):
+                return key
+        return event.key.decode(errors="replace") if event.key is not None else None
 
     def close(self) -> None:
         self.writer.close()
 
 
-def _text(raw: bytes | None) -> str | None:
-    return raw.decode(errors="replace") if raw is not None else None
+def _payload(value: bytes | None, limit: int) -> dict[str, Any]:
+    """``payload`` (text) or ``payload_base64``; beyond ``limit`` bytes only its start, with
+    ``payload_truncated``, the original ``payload_bytes`` and ``payload_sha256``."""
+    if value is None:
+        return {"payload": None}
+    out: dict[str, Any] = {}
+    head = value
+    if len(value) > limit:
+        head = value[:limit]
+        out = {"payload_truncated": True, "payload_bytes": len(value),
+               "payload_sha256": hashlib.sha256(value).hexdigest()}
+    text = _utf8(head, cut=head is not value)
+    if text is None:
+        out["payload_base64"] = base64.b64encode(head).decode()
+    else:
+        out["payload"] = text
+    return out
+
+
+def _utf8(raw: bytes, *, cut: bool) -> str | None:
+    """``raw`` as text, or None when it is not UTF-8; with ``cut``, the partial character (at most
+    3 bytes) that truncation may have left at its end is dropped."""
+    for drop in range(4 if cut else 1):
+        try:
+            return raw[:len(raw) - drop].decode()
+        except UnicodeDecodeError:
+            continue
+    return None
 
 
 def record_writer(url: str, what: str) -> RecordWriter | None:
@@ -314,15 +361,19 @@ def open_stream_sink(url: str, *, key_field: str, table: str | None = None) -> S
     return TableSink(url, key_field, table)
 
 
-def open_dead_letters(url: str | None, *, group: str, model: str, version: str) -> DeadLetters:
-    """``--dlq``: kafka://, redis:// or a .jsonl file (default ``.inferlane/stream/<group>/dead-letters.jsonl``)."""
+def open_dead_letters(url: str | None, *, group: str, model: str, version: str,
+                      key_field: str | None = None, state_dir: Path | None = None) -> DeadLetters:
+    """``--dlq``: kafka://, redis:// or a .jsonl file (default ``<state_dir>/dead-letters.jsonl``,
+    ``.inferlane/stream/<group>/dead-letters.jsonl`` without one)."""
     if url is None:
-        return DeadLetters(JsonlWriter(Path(".inferlane") / "stream" / group / "dead-letters.jsonl"), model, version)
+        folder = state_dir or default_state_dir(group)
+        return DeadLetters(JsonlWriter(folder / "dead-letters.jsonl"), model, version, key_field=key_field)
     writer = record_writer(url, "--dlq")
     if writer is None:
         kind = scheme(url)
         path = url[len("file://"):] if kind == "file" else url
         if kind not in ("", "file") or not path.endswith(".jsonl"):
-            raise ConfigError(f"--dlq {url}: use kafka://host:port/topic, redis://host:port/stream or a .jsonl file")
+            raise ConfigError(f"--dlq {redact(url)}: use kafka://host:port/topic, redis://host:port/stream "
+                              "or a .jsonl file")
         writer = JsonlWriter(Path(path))
-    return DeadLetters(writer, model, version)
+    return DeadLetters(writer, model, version, key_field=key_field)

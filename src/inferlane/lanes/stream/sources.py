@@ -23,10 +23,13 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from inferlane.core.errors import ConfigError
-from inferlane.core.urls import kafka_url, redis_url, scheme
+from inferlane.core.state import state_dir
+from inferlane.core.urls import kafka_url, redact, redis_url, scheme
+from inferlane.lanes.stream.deliveries import DeliveryLog
 
 log = logging.getLogger("inferlane.stream")
 
@@ -42,6 +45,9 @@ class Event(NamedTuple):
     partition: str
     """``topic/partition`` for Kafka, the stream name for Redis."""
     offset: int | str
+    deliveries: int = 1
+    """How many times the source has handed this event out, this time included (Redis: the
+    entry's delivery count; Kafka: counted in ``<state dir>/deliveries``, see deliveries.py)."""
 
 
 class Source(Protocol):
@@ -58,6 +64,11 @@ class Source(Protocol):
         ...
 
     def positions(self, events: list[Event]) -> Positions: ...
+
+    def handing_out(self, events: list[Event]) -> None:
+        """Called before ``events`` are scored: a source that counts deliveries itself (Kafka) notes
+        them durably here, so that a crash while they are scored counts as a delivery."""
+        ...
 
     def merge(self, into: Positions, more: Positions) -> None: ...
 
@@ -88,9 +99,11 @@ def require_topics(client: Any, topics: list[str], label: str) -> None:
 
 
 class KafkaSource:
-    """A consumer in a group: offsets are stored and committed only by :meth:`commit`."""
+    """A consumer in a group: offsets are stored and committed only by :meth:`commit`. Deliveries
+    of uncommitted events are counted in ``<state_dir>/deliveries`` (see deliveries.py)."""
 
-    def __init__(self, url: str, group: str, *, start: str = "earliest", max_wait_ms: int = 50) -> None:
+    def __init__(self, url: str, group: str, *, start: str = "earliest", max_wait_ms: int = 50,
+                 state_dir: Path | None = None) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
         target = kafka_url(url, "--source")
@@ -116,6 +129,7 @@ class KafkaSource:
         self.on_revoke: Callable[[], None] | None = None
         self._paused = False
         self._held: list[Event] = []
+        self._deliveries = DeliveryLog((state_dir or default_state_dir(group)) / "deliveries")
         self._consumer = Consumer(conf, logger=log)
         require_topics(self._consumer, topics, self.description)
         self._assigned = False
@@ -135,6 +149,7 @@ class KafkaSource:
         self._assigned = False
         if self.on_revoke is not None:
             self.on_revoke()
+        self._deliveries.forget()
 
     def _lost(self, consumer: Any, partitions: list[Any]) -> None:
         # The group moved on without us (session timeout): our commits would be refused, and the
@@ -142,6 +157,7 @@ class KafkaSource:
         log.warning("partitions lost: %s", ", ".join(f"{p.topic}/{p.partition}" for p in partitions))
         self._held.clear()
         self._assigned = False
+        self._deliveries.forget()
 
     def poll(self, max_events: int, timeout_s: float) -> list[Event]:
         if self._paused:
@@ -165,6 +181,7 @@ class KafkaSource:
                 if max_events > 1:
                     msgs += self._consumer.consume(num_messages=max_events - 1, timeout=0)
         out = []
+        count = self._deliveries.count
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -172,7 +189,8 @@ class KafkaSource:
                     raise RuntimeError(f"Kafka consumer: {err}")
                 log.warning("Kafka consumer: %s", err)
                 continue
-            out.append(Event(m.value(), m.key(), m.timestamp()[1], f"{m.topic()}/{m.partition()}", m.offset() or 0))
+            partition, offset = f"{m.topic()}/{m.partition()}", m.offset() or 0
+            out.append(Event(m.value(), m.key(), m.timestamp()[1], partition, offset, count(partition, offset)))
         return out
 
     def positions(self, events: list[Event]) -> Positions:
@@ -180,6 +198,13 @@ class KafkaSource:
         for e in events:  # in offset order within a partition: the last one wins
             pos[e.partition] = e.offset
         return {p: int(off) + 1 for p, off in pos.items()}
+
+    def handing_out(self, events: list[Event]) -> None:
+        spans: dict[str, tuple[int, int]] = {}
+        for e in events:  # in offset order within a partition
+            first = spans.get(e.partition)
+            spans[e.partition] = (int(e.offset) if first is None else first[0], int(e.offset))
+        self._deliveries.handing_out(spans)
 
     def merge(self, into: Positions, more: Positions) -> None:
         for p, off in more.items():
@@ -194,6 +219,7 @@ class KafkaSource:
         for label, off in positions.items():
             topic, part = label.rsplit("/", 1)
             offsets.append(self._tp(topic, int(part), off))
+        self._deliveries.committed(positions)
         try:
             if wait:  # two calls, not asynchronous=not wait: the stubs type each overload by a literal
                 self._consumer.commit(offsets=offsets, asynchronous=False)
@@ -245,7 +271,7 @@ class RedisStreamSource:
         target = redis_url(url, "--source", name="required")
         assert target.name is not None
         if "," in target.name:
-            raise ConfigError(f"--source {url}: one Redis stream per source")
+            raise ConfigError(f"--source {redact(url)}: one Redis stream per source")
         self.stream = target.name
         self.group = group
         self.field = target.params.get("field", "data").encode()
@@ -275,7 +301,15 @@ class RedisStreamSource:
     def assigned(self) -> bool:
         return True
 
-    def _events(self, entries: list[Any]) -> list[Event]:
+    def _events(self, entries: list[Any], *, redelivered: bool = False) -> list[Event]:
+        """Events of XREADGROUP/XAUTOCLAIM entries; ``redelivered`` (pending entries read again)
+        asks XPENDING how often each was delivered."""
+        counts: dict[bytes, int] = {}
+        ids = [entry_id for entry_id, _ in entries if entry_id is not None]
+        if redelivered and ids:
+            for p in self._r.xpending_range(self.stream, self.group, min=ids[0], max=ids[-1], count=len(ids) * 2,
+                                            consumername=self.consumer):
+                counts[p["message_id"]] = int(p["times_delivered"])
         out = []
         handed_out = self._handed_out
         for entry_id, fields in entries:
@@ -286,20 +320,29 @@ class RedisStreamSource:
                 continue
             handed_out.add(eid)
             value = fields.get(self.field) if fields else None
-            out.append(Event(value, None, int(eid.split("-", 1)[0]), self.stream, eid))
+            out.append(Event(value, None, int(eid.split("-", 1)[0]), self.stream, eid, counts.get(entry_id, 1)))
         return out
 
     def poll(self, max_events: int, timeout_s: float) -> list[Event]:
         if self._paused:
             time.sleep(timeout_s)
             return []
+        try:
+            return self._poll(max_events, timeout_s)
+        except Exception:
+            # A reply lost with the connection (a Redis restart) leaves entries pending at this
+            # consumer that it never received: read its pending entries again once Redis is back.
+            self._own_pending = b"0"
+            raise
+
+    def _poll(self, max_events: int, timeout_s: float) -> list[Event]:
         now = time.monotonic()
         if now >= self._next_claim:
             self._next_claim = now + max(0.5, self.claim_idle_ms / 2000)
             cursor, claimed, *_ = self._r.xautoclaim(self.stream, self.group, self.consumer, self.claim_idle_ms,
                                                      start_id=self._claim_cursor, count=max_events)
             self._claim_cursor = cursor
-            events = self._events(claimed)
+            events = self._events(claimed, redelivered=True)
             if events:
                 log.info("claimed %d pending entries of %s from idle consumers", len(events), self.stream)
                 return events
@@ -310,7 +353,7 @@ class RedisStreamSource:
                 self._own_pending = None
                 break
             self._own_pending = entries[-1][0]
-            events = self._events(entries)
+            events = self._events(entries, redelivered=True)
             if events:
                 return events
         block = max(1, int(timeout_s * 1000))
@@ -319,6 +362,9 @@ class RedisStreamSource:
 
     def positions(self, events: list[Event]) -> Positions:
         return {self.stream: [e.offset for e in events]} if events else {}
+
+    def handing_out(self, events: list[Event]) -> None:
+        pass  # Redis counts deliveries itself (XPENDING)
 
     def merge(self, into: Positions, more: Positions) -> None:
         for stream, ids in more.items():
@@ -353,15 +399,21 @@ class RedisStreamSource:
         self._r.close()
 
 
+def default_state_dir(group: str) -> Path:
+    """Where the lane keeps a group's local state by default: ``<state folder>/stream/<group>``
+    (``core/state.py``: ``$INFERLANE_STATE_DIR``, else ``.inferlane`` under the current directory)."""
+    return state_dir() / "stream" / group
+
+
 def open_source(url: str, group: str, *, start: str = "earliest", max_wait_ms: int = 50,
-                consumer: str | None = None, claim_idle_ms: int = 30_000) -> Source:
+                consumer: str | None = None, claim_idle_ms: int = 30_000, state_dir: Path | None = None) -> Source:
     if not group:
         raise ConfigError("--group: name the consumer group (instances with one group share the work)")
     if start not in ("earliest", "latest"):
         raise ConfigError(f"--start {start}: earliest or latest")
     kind = scheme(url)
     if kind == "kafka":
-        return KafkaSource(url, group, start=start, max_wait_ms=max_wait_ms)
+        return KafkaSource(url, group, start=start, max_wait_ms=max_wait_ms, state_dir=state_dir)
     if kind in ("redis", "rediss"):
         return RedisStreamSource(url, group, start=start, consumer=consumer, claim_idle_ms=claim_idle_ms)
-    raise ConfigError(f"--source {url}: use kafka://host:port/topic or redis://host:port/stream")
+    raise ConfigError(f"--source {redact(url)}: use kafka://host:port/topic or redis://host:port/stream")

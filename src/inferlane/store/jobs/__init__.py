@@ -3,7 +3,14 @@
     store = open_job_store("sqlite:///var/jobs.db")     # or "redis://host:6379/0"
 """
 
-from inferlane.store.jobs.base import DEFAULT_TTL_S, JobRecord, JobStats, JobStatus, JobStore, ModelBacklog
+from inferlane.store.jobs.base import (
+    DEFAULT_TTL_S,
+    JobRecord,
+    JobStats,
+    JobStatus,
+    JobStore,
+    ModelBacklog,
+)
 from inferlane.store.jobs.factory import open_job_store
 from inferlane.store.jobs.redis import INSTALL_REDIS, RedisJobStore
 from inferlane.store.jobs.sqlite import SqliteJobStore

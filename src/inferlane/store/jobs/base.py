@@ -48,6 +48,14 @@ class JobStatus(StrEnum):
 _FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
 
 
+class CallbackStatus(StrEnum):
+    """Where a finished job's callback is; None on a job without callback_url or not finished yet."""
+
+    PENDING = "pending"  # set in the same store write that finishes the job; a dispatcher will deliver it
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    FAILED = "failed"  # the receiver refused it, or every retry failed; callback_error says why
+
+
 def lost_lease_error(attempts: int, max_attempts: int, worker: str | None) -> str:
     """The dead-letter error of a job whose worker stopped heartbeating on its last attempt.
 
@@ -71,8 +79,18 @@ class JobRecord:
     """The JSON request body; empty when the input is at input_uri (and after expiry)."""
     input_uri: str | None = None
     idempotency_key: str | None = None
-    """Unique per model: submitting the same key again returns the existing job."""
+    """Unique per tenant and model: submitting the same key again returns the existing job."""
+    tenant: str = ""
+    """The API-key tenant that submitted the job ("" on a server without API keys); only it sees the job."""
+    request_header_length: int | None = None
+    """Length of the JSON header when ``request`` uses the binary tensor extension (lossless BYTES)."""
     callback_url: str | None = None
+    callback_status: CallbackStatus | None = None
+    callback_attempts: int = 0
+    """HTTP deliveries tried so far, over every process that tried."""
+    callback_error: str | None = None
+    callback_at: float | None = None
+    """While pending: not delivered before this time (a dispatcher holding it pushes it forward)."""
     attempts: int = 0
     """How many times a worker has claimed it."""
     max_attempts: int = 3
@@ -113,15 +131,20 @@ class JobRecord:
         idempotency_key: str | None = None,
         callback_url: str | None = None,
         max_attempts: int = 3,
+        tenant: str = "",
+        request_header_length: int | None = None,
+        output_uri: str | None = None,
     ) -> JobRecord:
         """A queued job with a fresh id, claimable from ``now``."""
         return cls(id=uuid.uuid4().hex, model=model, version=version, request=request, input_uri=input_uri,
                    idempotency_key=idempotency_key, callback_url=callback_url, max_attempts=max_attempts,
+                   tenant=tenant, request_header_length=request_header_length, output_uri=output_uri,
                    created_at=now, updated_at=now, available_at=now)
 
-    def to_public(self) -> dict[str, Any]:
-        """The job as the HTTP API shows it: no request bytes or lease internals; result decoded JSON."""
-        return {
+    def to_public(self, *, with_result: bool = True) -> dict[str, Any]:
+        """The job as the HTTP API shows it: no request bytes or lease internals; result decoded JSON
+        (left out of listings, which never load payloads)."""
+        doc: dict[str, Any] = {
             "id": self.id,
             "model": self.model,
             "version": self.version,
@@ -133,7 +156,11 @@ class JobRecord:
             "output_uri": self.output_uri,
             "input_uri": self.input_uri,
             "idempotency_key": self.idempotency_key,
+            "tenant": self.tenant or None,
             "callback_url": self.callback_url,
+            "callback": None if self.callback_status is None else {
+                "status": self.callback_status.value, "attempts": self.callback_attempts,
+                "error": self.callback_error},
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "started_at": self.started_at,
@@ -141,10 +168,15 @@ class JobRecord:
             "available_at": self.available_at,
             "expires_at": self.expires_at,
         }
+        if not with_result:
+            del doc["result"]
+        return doc
 
 
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(JobRecord))
 """Stored fields, in declaration order (column order of the SQLite table, fields of a Redis hash)."""
+SUMMARY_FIELDS: tuple[str, ...] = tuple(f for f in RECORD_FIELDS if f not in ("request", "result"))
+"""What a listing reads: every field but the payloads (a listing of 1000 jobs never reads their bodies)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,19 +206,21 @@ class JobStats:
 class JobStore(Protocol):
     """A durable job queue with leases. Sync and thread-safe: the lane calls it via ``asyncio.to_thread``.
 
-    Worker ids must be unique per worker process (host, pid and a uuid): fencing compares them.
+    The ``worker`` of claim/extend/complete/fail is a lease token: unique per claim (a worker
+    process adds a claim counter to its id), since fencing compares it.
     """
 
     def submit(self, record: JobRecord) -> tuple[JobRecord, bool]:
-        """Store a queued job durably. If a job with the same (model, idempotency_key) or the same id
-        exists, return it and False (atomically: never two jobs for one key); else the record and True."""
+        """Store a queued job durably. If a job with the same (tenant, model, idempotency_key) or the
+        same id exists, return it and False (atomically: never two jobs for one key); else the record and True."""
         ...
 
     def get(self, job_id: str) -> JobRecord | None: ...
 
-    def list(self, status: JobStatus | None = None, limit: int = 100, model: str | None = None
-             ) -> builtins.list[JobRecord]:
-        """Newest first (by created_at)."""
+    def list(self, status: JobStatus | None = None, limit: int = 100, model: str | None = None,
+             tenant: str | None = None) -> builtins.list[JobRecord]:
+        """Newest first (by created_at), without payloads (``request`` empty, ``result`` None).
+        ``tenant``: only that tenant's jobs (None: everyone's)."""
         ...
 
     def cancel(self, job_id: str, now: float | None = None) -> JobRecord | None:
@@ -209,12 +243,26 @@ class JobStore(Protocol):
     def complete(self, job_id: str, worker: str, result: bytes | None, output_uri: str | None, now: float,
                  ttl_s: float) -> bool:
         """Succeed the job, only while it is running and held by ``worker`` (fencing); else change
-        nothing and return False. The result is kept until ``now + ttl_s``."""
+        nothing and return False. The result is kept until ``now + ttl_s``. A job with a callback_url
+        gets ``callback_status`` pending (due now) in the same write."""
         ...
 
     def fail(self, job_id: str, worker: str, error: str, now: float, retry_at: float | None, ttl_s: float) -> bool:
         """Fenced like complete. With ``retry_at`` and attempts left: queued again from ``retry_at``
-        (error kept). Else: failed (dead letter) with the error, kept until ``now + ttl_s``."""
+        (error kept). Else: failed (dead letter) with the error, kept until ``now + ttl_s``, and its
+        callback (if any) pending, in the same write."""
+        ...
+
+    def claim_callbacks(self, now: float, hold_s: float, limit: int) -> builtins.list[JobRecord]:
+        """Take up to ``limit`` pending callbacks due at ``now`` (``callback_at <= now``), oldest due
+        first, and push their ``callback_at`` to ``now + hold_s`` so that no other dispatcher takes them
+        meanwhile (a dispatcher that dies leaves them due again after ``hold_s``)."""
+        ...
+
+    def record_callback(self, job_id: str, status: CallbackStatus, attempts: int, error: str | None,
+                        now: float) -> bool:
+        """Store a delivery's outcome while the callback is pending: ``attempts`` more tries, and
+        ``status`` (PENDING gives it back, due at ``now``). False when it was not pending."""
         ...
 
     def expire(self, now: float) -> int:

@@ -11,7 +11,10 @@ Key layout (``P`` is the prefix, ``inferlane`` by default; ``M`` a model name, a
     P:created / P:by-model:M      zset    job ids by created_at                (list)
     P:by-status:S / P:by-model-status:S:M   zset by created_at                 (list, stats counts)
     P:models                      set     model names seen by submit           (claim and stats over all models)
-    P:idem:<M escaped>:<key>      string  job id, set with SET NX              (idempotency)
+    P:idem:<M escaped>:<key>      string  job id, set with SET NX              (idempotency, no tenant)
+    P:idem-t:<T esc>:<M esc>:<key> string job id, set with SET NX              (idempotency of tenant T)
+    P:tenant:<T>                  zset    job ids of tenant T ('' none) by created_at (list for a tenant)
+    P:callbacks                   zset    job ids with a pending callback by callback_at (dispatcher)
 
 Every state change is one Lua script, so it is atomic, and complete/fail/extend are fenced: they
 act only while the job is running and held by the calling worker. Times come from the caller as
@@ -27,11 +30,21 @@ import builtins
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, cast
 
 from inferlane.core.errors import ConfigError, Unavailable
-from inferlane.core.urls import redis_url
-from inferlane.store.jobs.base import DEFAULT_TTL_S, RECORD_FIELDS, JobRecord, JobStats, JobStatus, ModelBacklog
+from inferlane.core.urls import redact, redis_url
+from inferlane.store.jobs.base import (
+    DEFAULT_TTL_S,
+    RECORD_FIELDS,
+    SUMMARY_FIELDS,
+    CallbackStatus,
+    JobRecord,
+    JobStats,
+    JobStatus,
+    ModelBacklog,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -39,8 +52,12 @@ if TYPE_CHECKING:
 INSTALL_REDIS = "the Redis job store needs redis-py: pip install 'inferlane[redis]'"
 
 _FLOATS = frozenset({"created_at", "updated_at", "started_at", "finished_at", "available_at", "lease_until",
-                     "expires_at"})
-_INTS = frozenset({"attempts", "max_attempts"})
+                     "expires_at", "callback_at"})
+_INTS = frozenset({"attempts", "max_attempts", "callback_attempts", "request_header_length"})
+_SUMMARY_ARGS = [name.encode() for name in SUMMARY_FIELDS]
+_LIST_PAGE = 500
+_UNAVAILABLE_REPLIES = ("READONLY", "LOADING", "MASTERDOWN", "MISCONF", "OOM", "NOREPLICAS", "TRYAGAIN")
+"""Error replies of a server that cannot take writes now (a failover, a full disk or memory): 503s."""
 _BYTES = frozenset({"request", "result"})
 
 # Shared by every script: ARGV[1] is the key prefix. index() moves a job between the list indexes.
@@ -55,12 +72,19 @@ local function index(id, model, created, from, to)
   redis.call('ZADD', P .. ':by-status:' .. to, created, id)
   redis.call('ZADD', P .. ':by-model-status:' .. to .. ':' .. model, created, id)
 end
+-- a finished job's callback becomes pending, due now, in the same script that finishes it
+local function callback_pending(id, key, now)
+  if redis.call('HEXISTS', key, 'callback_url') == 1 then
+    redis.call('HSET', key, 'callback_status', 'pending', 'callback_at', now)
+    redis.call('ZADD', P .. ':callbacks', now, id)
+  end
+end
 """
 
-# ARGV: P, id, model, idempotency key name or '', created_at, available_at, field, value, ...
-# Returns {created (1/0), HGETALL of the stored job}.
+# ARGV: P, id, model, idempotency key name or '', created_at, available_at, tenant index key or '',
+# field, value, ...  Returns {created (1/0), HGETALL of the stored job}.
 _SUBMIT = """
-local id, model, idem, created, available = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local id, model, idem, created, available, tenant = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local key = job_key(id)
 if redis.call('EXISTS', key) == 1 then return {0, redis.call('HGETALL', key)} end
 if idem ~= '' and not redis.call('SET', idem, id, 'NX') then
@@ -68,7 +92,8 @@ if idem ~= '' and not redis.call('SET', idem, id, 'NX') then
   if redis.call('EXISTS', existing) == 1 then return {0, redis.call('HGETALL', existing)} end
   redis.call('SET', idem, id)  -- its job was deleted by hand: the key is free again
 end
-redis.call('HSET', key, unpack(ARGV, 7))
+redis.call('HSET', key, unpack(ARGV, 8))
+if tenant ~= '' then redis.call('ZADD', tenant, created, id) end
 redis.call('SADD', P .. ':models', model)
 redis.call('ZADD', P .. ':queued:' .. model, available, id)
 redis.call('ZADD', P .. ':created', created, id)
@@ -109,6 +134,7 @@ while true do
       redis.call('HDEL', key, 'lease_until')
       index(best_id, best_model, job[4], 'running', 'failed')
       redis.call('ZADD', P .. ':expiring', dead_expires, best_id)
+      callback_pending(best_id, key, now)
     else
       redis.call('HSET', key, 'status', 'running', 'worker', worker, 'lease_until', lease_until,
                  'started_at', now, 'updated_at', now)
@@ -144,6 +170,7 @@ redis.call('HDEL', key, 'lease_until')
 redis.call('ZREM', P .. ':running:' .. job[3], id)
 index(id, job[3], job[4], 'running', 'succeeded')
 redis.call('ZADD', P .. ':expiring', ARGV[5], id)
+callback_pending(id, key, ARGV[4])
 return 1
 """
 
@@ -165,6 +192,7 @@ else
              'expires_at', ARGV[7])
   index(id, job[3], job[4], 'running', 'failed')
   redis.call('ZADD', P .. ':expiring', ARGV[7], id)
+  callback_pending(id, key, ARGV[5])
 end
 return 1
 """
@@ -217,6 +245,37 @@ end
 return {counts, models}
 """
 
+# ARGV: P, now, held until, limit. Returns the HGETALL of each pending callback taken.
+_CLAIM_CALLBACKS = """
+local ids = redis.call('ZRANGEBYSCORE', P .. ':callbacks', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[4]))
+local out = {}
+for _, id in ipairs(ids) do
+  local key = job_key(id)
+  if redis.call('HGET', key, 'callback_status') == 'pending' then
+    redis.call('HSET', key, 'callback_at', ARGV[3])
+    redis.call('ZADD', P .. ':callbacks', ARGV[3], id)
+    out[#out + 1] = redis.call('HGETALL', key)
+  else
+    redis.call('ZREM', P .. ':callbacks', id)  -- a stale entry
+  end
+end
+return out
+"""
+
+# ARGV: P, id, status, attempts, error or '', now. Returns 1 if the callback was pending.
+_RECORD_CALLBACK = """
+local id = ARGV[2]
+local key = job_key(id)
+if redis.call('HGET', key, 'callback_status') ~= 'pending' then return 0 end
+redis.call('HSET', key, 'callback_status', ARGV[3], 'callback_at', ARGV[6], 'updated_at', ARGV[6])
+redis.call('HINCRBY', key, 'callback_attempts', tonumber(ARGV[4]))
+if ARGV[5] ~= '' then redis.call('HSET', key, 'callback_error', ARGV[5])
+else redis.call('HDEL', key, 'callback_error') end
+if ARGV[3] == 'pending' then redis.call('ZADD', P .. ':callbacks', ARGV[6], id)
+else redis.call('ZREM', P .. ':callbacks', id) end
+return 1
+"""
+
 _EXPIRE_BATCH = 500
 
 
@@ -237,7 +296,7 @@ def _encode(record: JobRecord) -> list[str | bytes]:
         value = getattr(record, name)
         if value is None:
             continue
-        if isinstance(value, JobStatus):
+        if isinstance(value, StrEnum):
             value = value.value
         elif name in _FLOATS:
             value = _num(value)
@@ -247,13 +306,14 @@ def _encode(record: JobRecord) -> list[str | bytes]:
     return out
 
 
-def _decode(raw: Mapping[bytes, bytes] | Sequence[bytes]) -> JobRecord | None:
+def _decode(raw: Mapping[bytes, bytes] | Sequence[bytes], names: Sequence[str] = RECORD_FIELDS
+            ) -> JobRecord | None:
     """A JobRecord from HGETALL (a dict from redis-py, a flat list from a script); None if empty."""
     if not raw:
         return None
     fields = dict(raw) if isinstance(raw, Mapping) else dict(zip(raw[::2], raw[1::2], strict=True))
     values: dict[str, Any] = {}
-    for name in RECORD_FIELDS:
+    for name in names:
         value = fields.get(name.encode())
         if value is None:
             continue
@@ -265,6 +325,8 @@ def _decode(raw: Mapping[bytes, bytes] | Sequence[bytes]) -> JobRecord | None:
             values[name] = int(value)
         elif name == "status":
             values[name] = JobStatus(value.decode())
+        elif name == "callback_status":
+            values[name] = CallbackStatus(value.decode())
         else:
             values[name] = value.decode()
     return JobRecord(**values)
@@ -278,11 +340,16 @@ class RedisJobStore:
             import redis
         except ImportError:
             raise ConfigError(INSTALL_REDIS) from None
+        self._refused: tuple[type[BaseException], ...] = (redis.AuthenticationError,
+                                                          redis.exceptions.AuthenticationWrongNumberOfArgsError)
         self._errors: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError)
+        self._replies: type[BaseException] = redis.ResponseError
+        self._read_only: type[BaseException] = redis.ReadOnlyError
         target = redis_url(url, "jobs store", name="forbidden")
         unknown = sorted(set(target.params) - {"prefix"})
         if unknown:
-            raise ConfigError(f"jobs store {url}: unknown parameter(s) {unknown}; the one parameter is ?prefix=")
+            raise ConfigError(f"jobs store {redact(url)}: unknown parameter(s) {unknown}; the one parameter is "
+                              "?prefix=")
         # NOTE: the client's timeouts make a hung server fail a call (503) instead of hanging a lane thread.
         self._redis: redis.Redis = target.client()
         self._prefix = target.params.get("prefix") or prefix
@@ -294,14 +361,24 @@ class RedisJobStore:
         self._cancel = self._redis.register_script(_PRELUDE + _CANCEL)
         self._expire = self._redis.register_script(_PRELUDE + _EXPIRE)
         self._stats = self._redis.register_script(_PRELUDE + _STATS)
+        self._claim_callbacks = self._redis.register_script(_PRELUDE + _CLAIM_CALLBACKS)
+        self._record_callback = self._redis.register_script(_PRELUDE + _RECORD_CALLBACK)
 
     @contextmanager
     def _reachable(self) -> Iterator[None]:
-        """A Redis that cannot be reached is a 503 for the caller, not a crash."""
+        """A Redis that cannot be reached is a 503 for the caller, not a crash; one that refuses the
+        credentials of the store URL is a configuration error (no retry changes it)."""
         try:
             yield
+        except self._refused as e:
+            raise ConfigError(f"the Redis job store refused the user or password of its URL (INFERLANE_JOBS_STORE or "
+                              f"--store): {e}") from e
         except self._errors as e:
             raise Unavailable(f"the Redis job store is unreachable: {e}") from e
+        except self._replies as e:  # READONLY after a failover, a full disk or memory, ...
+            if not isinstance(e, self._read_only) and not any(word in str(e) for word in _UNAVAILABLE_REPLIES):
+                raise
+            raise Unavailable(f"the Redis job store cannot take writes now: {e}") from e
 
     def _key(self, *parts: str) -> str:
         return ":".join((self._prefix, *parts))
@@ -309,11 +386,14 @@ class RedisJobStore:
     def submit(self, record: JobRecord) -> tuple[JobRecord, bool]:
         if record.status is not JobStatus.QUEUED:
             raise ValueError(f"submit takes a queued job, got status {record.status.value!r}")
-        idem = "" if record.idempotency_key is None else self._key(
-            "idem", _escape(record.model), record.idempotency_key)
+        idem = ""
+        if record.idempotency_key is not None:
+            idem = (self._key("idem", _escape(record.model), record.idempotency_key) if not record.tenant else
+                    self._key("idem-t", _escape(record.tenant), _escape(record.model), record.idempotency_key))
+        tenant_index = self._key("tenant", record.tenant)
         with self._reachable():
             created, stored = self._submit(args=[self._prefix, record.id, record.model, idem,
-                                                 _num(record.created_at), _num(record.available_at),
+                                                 _num(record.created_at), _num(record.available_at), tenant_index,
                                                  *_encode(record)])
         job = _decode(stored)
         assert job is not None  # the script returns the job it stored or found
@@ -324,10 +404,31 @@ class RedisJobStore:
             raw = cast("dict[bytes, bytes]", self._redis.hgetall(self._key("job", job_id)))
         return _decode(raw)
 
-    def list(self, status: JobStatus | None = None, limit: int = 100, model: str | None = None
-             ) -> builtins.list[JobRecord]:
+    def _summaries(self, ids: Sequence[bytes]) -> builtins.list[JobRecord]:
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self._key("job", job_id.decode()), _SUMMARY_ARGS)
+        rows = cast("list[list[bytes | None]]", pipe.execute())
+        raws = [{k: v for k, v in zip(_SUMMARY_ARGS, row, strict=True) if v is not None} for row in rows]
+        return [job for raw in raws if (job := _decode(raw, SUMMARY_FIELDS)) is not None]
+
+    def list(self, status: JobStatus | None = None, limit: int = 100, model: str | None = None,
+             tenant: str | None = None) -> builtins.list[JobRecord]:
         if limit <= 0:
             return []
+        if tenant is not None:  # one index per tenant; status and model are filtered page by page
+            found: builtins.list[JobRecord] = []
+            start = 0
+            with self._reachable():
+                while len(found) < limit:
+                    ids = cast("list[bytes]", self._redis.zrevrange(self._key("tenant", tenant), start,
+                                                                    start + _LIST_PAGE - 1))
+                    found += [j for j in self._summaries(ids) if j.tenant == tenant
+                              and (status is None or j.status is status) and (model is None or j.model == model)]
+                    if len(ids) < _LIST_PAGE:
+                        break
+                    start += _LIST_PAGE
+            return found[:limit]
         if status is not None and model is not None:
             index = self._key("by-model-status", status.value, model)
         elif status is not None:
@@ -338,11 +439,7 @@ class RedisJobStore:
             index = self._key("created")
         with self._reachable():
             ids = cast("list[bytes]", self._redis.zrevrange(index, 0, limit - 1))
-            pipe = self._redis.pipeline(transaction=False)
-            for job_id in ids:
-                pipe.hgetall(self._key("job", job_id.decode()))
-            raws = cast("list[dict[bytes, bytes]]", pipe.execute())
-        jobs = [job for raw in raws if (job := _decode(raw)) is not None]
+            jobs = self._summaries(ids)
         # NOTE: a job may change status between reading the index and reading the job.
         return [job for job in jobs if status is None or job.status is status]
 
@@ -378,6 +475,19 @@ class RedisJobStore:
                 _num(now + ttl_s)]
         with self._reachable():
             return bool(self._fail(args=args))
+
+    def claim_callbacks(self, now: float, hold_s: float, limit: int) -> builtins.list[JobRecord]:
+        if limit <= 0:
+            return []
+        with self._reachable():
+            raws = self._claim_callbacks(args=[self._prefix, _num(now), _num(now + hold_s), limit])
+        return [job for raw in raws if (job := _decode(raw)) is not None]
+
+    def record_callback(self, job_id: str, status: CallbackStatus, attempts: int, error: str | None,
+                        now: float) -> bool:
+        with self._reachable():
+            return bool(self._record_callback(args=[self._prefix, job_id, status.value, attempts, error or "",
+                                                    _num(now)]))
 
     def expire(self, now: float) -> int:
         total = 0

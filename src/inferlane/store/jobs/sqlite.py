@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from inferlane.core.errors import Unavailable
 from inferlane.store.jobs.base import (
     DEFAULT_TTL_S,
     RECORD_FIELDS,
+    SUMMARY_FIELDS,
+    CallbackStatus,
     JobRecord,
     JobStats,
     JobStatus,
@@ -40,7 +43,13 @@ _SCHEMA = (
         request BLOB NOT NULL,
         input_uri TEXT,
         idempotency_key TEXT,
+        tenant TEXT NOT NULL DEFAULT '',
+        request_header_length INTEGER,
         callback_url TEXT,
+        callback_status TEXT,
+        callback_attempts INTEGER NOT NULL DEFAULT 0,
+        callback_error TEXT,
+        callback_at REAL,
         attempts INTEGER NOT NULL,
         max_attempts INTEGER NOT NULL,
         error TEXT,
@@ -62,28 +71,58 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at)",
     "CREATE INDEX IF NOT EXISTS jobs_model_created ON jobs (model, created_at)",
     "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_tenant_created ON jobs (tenant, created_at)",
+    # callbacks to deliver, by when they are due
+    "CREATE INDEX IF NOT EXISTS jobs_callbacks ON jobs (callback_at) WHERE callback_status = 'pending'",
     # expire: only finished jobs carry a deadline worth scanning
     "CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at) WHERE status IN ('succeeded', 'failed')",
-    # one job per idempotency key and model (NULL keys never collide)
-    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (model, idempotency_key)",
+    # one job per idempotency key, model and tenant (NULL keys never collide); replaces the
+    # per-model index of files written before tenants existed
+    "DROP INDEX IF EXISTS jobs_idempotency",
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_tenant ON jobs (tenant, model, idempotency_key)",
 )
+
+_ADDED_COLUMNS = {
+    "tenant": "TEXT NOT NULL DEFAULT ''",
+    "request_header_length": "INTEGER",
+    "callback_status": "TEXT",
+    "callback_attempts": "INTEGER NOT NULL DEFAULT 0",
+    "callback_error": "TEXT",
+    "callback_at": "REAL",
+}
+"""Columns newer than the first schema: added to an older file when it is opened."""
+
+# Finishing a job makes its callback pending, due at once, in the same statement.
+_CALLBACK_PENDING = ("callback_status = CASE WHEN callback_url IS NULL THEN NULL ELSE 'pending' END,"
+                     " callback_at = CASE WHEN callback_url IS NULL THEN NULL ELSE ? END")
 
 _COLUMNS = ", ".join(RECORD_FIELDS)
 _SELECT = f"SELECT {_COLUMNS} FROM jobs"
+_SELECT_SUMMARY = f"SELECT {', '.join(SUMMARY_FIELDS)} FROM jobs"
 _INSERT = f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' for _ in RECORD_FIELDS)})"
 
 
-def _to_record(row: Sequence[Any]) -> JobRecord:
-    values = dict(zip(RECORD_FIELDS, row, strict=True))
+def _to_record(row: Sequence[Any], names: Sequence[str] = RECORD_FIELDS) -> JobRecord:
+    values = dict(zip(names, row, strict=True))
     values["status"] = JobStatus(values["status"])
-    values["request"] = bytes(values["request"])
-    if values["result"] is not None:
+    if values["callback_status"] is not None:
+        values["callback_status"] = CallbackStatus(values["callback_status"])
+    if "request" in values:
+        values["request"] = bytes(values["request"])
+    if values.get("result") is not None:
         values["result"] = bytes(values["result"])
     return JobRecord(**values)
 
 
 def _to_row(record: JobRecord) -> tuple[Any, ...]:
-    return tuple(record.status.value if name == "status" else getattr(record, name) for name in RECORD_FIELDS)
+    values = (getattr(record, name) for name in RECORD_FIELDS)
+    return tuple(v.value if isinstance(v, StrEnum) else v for v in values)
+
+
+def _unavailable(path: str, e: sqlite3.Error) -> Unavailable:
+    """A store that cannot write now (disk full, read-only, I/O error, locked): the caller answers
+    503 and a worker backs off; the transaction was rolled back, so nothing is half-written."""
+    return Unavailable(f"the SQLite job store {path} cannot be used now: {e}")
 
 
 def _model_filter(models: set[str] | None) -> tuple[str, list[str]]:
@@ -110,7 +149,12 @@ class SqliteJobStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
         with self._write() as c:
-            for statement in _SCHEMA:
+            c.execute(_SCHEMA[0])
+            have = {row[1] for row in c.execute("PRAGMA table_info(jobs)")}
+            for name, kind in _ADDED_COLUMNS.items():
+                if name not in have:
+                    c.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+            for statement in _SCHEMA[1:]:
                 c.execute(statement)
 
     @contextmanager
@@ -119,27 +163,30 @@ class SqliteJobStore:
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as e:
-                if "locked" in str(e) or "busy" in str(e):  # another process held the lock past busy_timeout_s
-                    raise Unavailable(f"the SQLite job store {self.path} is busy: {e}") from e
-                raise
+            except sqlite3.OperationalError as e:  # busy past busy_timeout_s, read-only, disk I/O
+                raise _unavailable(self.path, e) from e
             try:
                 yield self._conn
                 self._conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as e:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
+                if isinstance(e, sqlite3.OperationalError):  # e.g. "database or disk is full"
+                    raise _unavailable(self.path, e) from e
                 raise
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One read transaction: every query in it sees the same snapshot."""
         with self._lock:
-            self._conn.execute("BEGIN")
             try:
-                yield self._conn
-            finally:
-                self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN")
+                try:
+                    yield self._conn
+                finally:
+                    self._conn.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                raise _unavailable(self.path, e) from e
 
     @staticmethod
     def _fetch(c: sqlite3.Connection, sql: str, params: Sequence[Any]) -> JobRecord | None:
@@ -152,19 +199,19 @@ class SqliteJobStore:
         with self._write() as c:
             existing = self._fetch(c, f"{_SELECT} WHERE id = ?", (record.id,))
             if existing is None and record.idempotency_key is not None:
-                existing = self._fetch(c, f"{_SELECT} WHERE model = ? AND idempotency_key = ?",
-                                       (record.model, record.idempotency_key))
+                existing = self._fetch(c, f"{_SELECT} WHERE tenant = ? AND model = ? AND idempotency_key = ?",
+                                       (record.tenant, record.model, record.idempotency_key))
             if existing is not None:
                 return existing, False
             c.execute(_INSERT, _to_row(record))
         return record, True
 
     def get(self, job_id: str) -> JobRecord | None:
-        with self._lock:
-            return self._fetch(self._conn, f"{_SELECT} WHERE id = ?", (job_id,))
+        with self._read() as c:
+            return self._fetch(c, f"{_SELECT} WHERE id = ?", (job_id,))
 
-    def list(self, status: JobStatus | None = None, limit: int = 100, model: str | None = None
-             ) -> builtins.list[JobRecord]:
+    def list(self, status: JobStatus | None = None, limit: int = 100, model: str | None = None,
+             tenant: str | None = None) -> builtins.list[JobRecord]:
         where, params = [], []
         if status is not None:
             where.append("status = ?")
@@ -172,11 +219,14 @@ class SqliteJobStore:
         if model is not None:
             where.append("model = ?")
             params.append(model)
-        sql = _SELECT + (f" WHERE {' AND '.join(where)}" if where else "")
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
+        sql = _SELECT_SUMMARY + (f" WHERE {' AND '.join(where)}" if where else "")
         sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
-        with self._lock:
-            rows = self._conn.execute(sql, (*params, max(0, limit))).fetchall()
-        return [_to_record(row) for row in rows]
+        with self._read() as c:
+            rows = c.execute(sql, (*params, max(0, limit))).fetchall()
+        return [_to_record(row, SUMMARY_FIELDS) for row in rows]
 
     def cancel(self, job_id: str, now: float | None = None) -> JobRecord | None:
         now = time.time() if now is None else now
@@ -213,8 +263,8 @@ class SqliteJobStore:
                     # goes to the dead letter instead of taking down the next worker too.
                     error = lost_lease_error(job.attempts, job.max_attempts, job.worker)
                     c.execute("UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, updated_at = ?,"
-                              " expires_at = ?, lease_until = NULL WHERE id = ?",
-                              (error, now, now, now + ttl_s, job.id))
+                              f" expires_at = ?, lease_until = NULL, {_CALLBACK_PENDING} WHERE id = ?",
+                              (error, now, now, now + ttl_s, now, job.id))
                     continue
                 lease_until = now + lease_s
                 c.execute("UPDATE jobs SET status = 'running', worker = ?, lease_until = ?, attempts = attempts + 1,"
@@ -234,9 +284,9 @@ class SqliteJobStore:
                  ttl_s: float) -> bool:
         with self._write() as c:
             cur = c.execute("UPDATE jobs SET status = 'succeeded', result = ?, output_uri = ?, finished_at = ?,"
-                            " updated_at = ?, expires_at = ?, lease_until = NULL"
+                            f" updated_at = ?, expires_at = ?, lease_until = NULL, {_CALLBACK_PENDING}"
                             " WHERE id = ? AND status = 'running' AND worker = ?",
-                            (result, output_uri, now, now, now + ttl_s, job_id, worker))
+                            (result, output_uri, now, now, now + ttl_s, now, job_id, worker))
             return cur.rowcount == 1
 
     def fail(self, job_id: str, worker: str, error: str, now: float, retry_at: float | None, ttl_s: float) -> bool:
@@ -251,9 +301,28 @@ class SqliteJobStore:
                           " lease_until = NULL, worker = NULL WHERE id = ?", (retry_at, error, now, job_id))
             else:
                 c.execute("UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, updated_at = ?,"
-                          " expires_at = ?, lease_until = NULL WHERE id = ?",
-                          (error, now, now, now + ttl_s, job_id))
+                          f" expires_at = ?, lease_until = NULL, {_CALLBACK_PENDING} WHERE id = ?",
+                          (error, now, now, now + ttl_s, now, job_id))
             return True
+
+    def claim_callbacks(self, now: float, hold_s: float, limit: int) -> builtins.list[JobRecord]:
+        if limit <= 0:
+            return []
+        with self._write() as c:
+            rows = c.execute(f"{_SELECT} WHERE callback_status = 'pending' AND callback_at <= ?"
+                             " ORDER BY callback_at LIMIT ?", (now, limit)).fetchall()
+            jobs = [_to_record(row) for row in rows]
+            c.executemany("UPDATE jobs SET callback_at = ? WHERE id = ?", [(now + hold_s, j.id) for j in jobs])
+        return [replace(j, callback_at=now + hold_s) for j in jobs]
+
+    def record_callback(self, job_id: str, status: CallbackStatus, attempts: int, error: str | None,
+                        now: float) -> bool:
+        with self._write() as c:
+            cur = c.execute("UPDATE jobs SET callback_status = ?, callback_attempts = callback_attempts + ?,"
+                            " callback_error = ?, callback_at = ?, updated_at = ?"
+                            " WHERE id = ? AND callback_status = 'pending'",
+                            (status.value, attempts, error, now, now, job_id))
+            return cur.rowcount == 1
 
     def expire(self, now: float) -> int:
         with self._write() as c:

@@ -10,6 +10,7 @@ The URL forms are parsed by core/urls.py; ``flag`` names the option in error mes
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from inferlane.core.errors import ConfigError
 from inferlane.core.urls import postgres_url, scheme, sqlite_url
@@ -56,16 +57,25 @@ def open_row_writer(url: str, *, key: list[str], table: str | None = None, fmt: 
     return PartsFolder(_folder(url, flag), fmt)
 
 
+def _rejects_default(url: str, job_id: str, state_dir: Path | None, flag: str) -> Path:
+    """A database output's rejects folder: next to a SQLite file, else under ``state_dir``."""
+    if scheme(url) == "sqlite":
+        return sqlite_url(url, flag).path.parent / f"{job_id}-rejects"
+    if state_dir is None:
+        raise ValueError("a PostgreSQL output needs rejects_dir or state_dir")
+    return state_dir / "batch" / f"{job_id}-rejects"
+
+
 def open_shard_sink(url: str, *, job_id: str, fingerprint: str, key: list[str], table: str | None = None,
                     fmt: str = "parquet", overwrite: bool = False, rejects_dir: Path | None = None,
-                    flag: str = "--output") -> ShardSink:
-    """A batch job's output: a folder (Parquet by default), a SQLite or a PostgreSQL table."""
+                    state_dir: Path | None = None, flag: str = "--output") -> ShardSink:
+    """A batch job's output: a folder (Parquet by default), a SQLite or a PostgreSQL table. A
+    database output keeps its rejects in ``rejects_dir`` (default: next to a SQLite file, or
+    ``<state_dir>/batch/<job_id>-rejects``) and its report beside them."""
     db = open_table(url, key=key, table=table, flag=flag)
     if db is not None:
-        default = (sqlite_url(url, flag).path.parent / f"{job_id}-rejects" if scheme(url) == "sqlite"
-                   else Path(f"inferlane-batch-{job_id}") / "rejects")
         try:
-            return SqlShardSink(db, job_id, fingerprint, rejects_dir or default)
+            return SqlShardSink(db, job_id, fingerprint, rejects_dir or _rejects_default(url, job_id, state_dir, flag))
         except BaseException:
             db.close()
             raise
@@ -74,5 +84,36 @@ def open_shard_sink(url: str, *, job_id: str, fingerprint: str, key: list[str], 
     return FileShardSink(_folder(url, flag), fmt, job_id, fingerprint, overwrite)
 
 
-__all__ = ["DEFAULT_TABLE", "RowWriter", "ShardSink", "SqlTable", "flatten_lists", "key_array", "open_row_writer",
-           "open_shard_sink", "open_table", "scored_table", "to_arrow"]
+def inspect_shard_sink(url: str, *, job_id: str, fingerprint: str, key: list[str], table: str | None = None,
+                       overwrite: bool = False, flag: str = "--output") -> tuple[str, dict[str, dict[str, Any]]]:
+    """What a batch job would find in its output, reading only (a dry run): (a description, the
+    shards it already finished). ConfigError when the job may not write there."""
+    s = scheme(url)
+    if s == "sqlite":
+        sq = sqlite_url(url, flag)
+        name = table or sq.params.get("table") or DEFAULT_TABLE
+        if not sq.path.exists():
+            return f"SQLite {sq.path} table {name} (new file)", {}
+        from inferlane.store.tables.sqlite import SqliteTable
+
+        db: SqlTable = SqliteTable(sq.path, name, key, read_only=True)
+    elif s in ("postgres", "postgresql"):
+        pg = open_table(url, key=key, table=table, flag=flag)
+        assert pg is not None
+        db = pg
+    else:
+        from inferlane.store.tables.files import inspect_folder, read_manifest
+
+        folder = _folder(url, flag)
+        inspect_folder(folder, job_id, fingerprint, overwrite=overwrite)
+        if overwrite and folder.exists():
+            return f"folder {folder} (cleared first: --overwrite)", {}
+        return f"folder {folder}", read_manifest(folder)
+    try:
+        return db.description, SqlShardSink.inspect(db, job_id, fingerprint)
+    finally:
+        db.close()
+
+
+__all__ = ["DEFAULT_TABLE", "RowWriter", "ShardSink", "SqlTable", "flatten_lists", "inspect_shard_sink", "key_array",
+           "open_row_writer", "open_shard_sink", "open_table", "scored_table", "to_arrow"]

@@ -57,9 +57,13 @@ def fsync_dir(path: Path) -> None:
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """``write(tmp)`` then fsync and rename over ``path``: readers see the old file or the new one."""
     tmp = path.with_name(f".tmp-{path.name}")
-    write(tmp)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a write that failed (a full disk) gives its space back
+        raise
     os.replace(tmp, path)
 
 

@@ -30,6 +30,71 @@ REJECTS_DIR = "_rejects"
 FORMATS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl"}
 
 
+def _is_job_entry(path: Path) -> bool:
+    """A file or folder an inferlane job writes into its output folder (never a link)."""
+    if path.is_symlink():
+        return False
+    name = path.name
+    if name in (META_DIR, REJECTS_DIR):
+        return path.is_dir()
+    return path.is_file() and (name.startswith(".tmp-part-")
+                               or (name.startswith("part-") and name.rsplit(".", 1)[-1] in FORMATS))
+
+
+def inspect_folder(folder: Path, job_id: str, fingerprint: str, *, overwrite: bool) -> dict[str, Any] | None:
+    """Check, reading only, that a batch job may write into ``folder``: returns the job record found
+    there (None for a missing or empty folder, or one ``overwrite`` will clear); raises ConfigError
+    when the job may not. ``overwrite`` clears only a folder that holds nothing but one inferlane
+    job's files (``_inferlane/job.json``, its manifest and report, ``_rejects/``, ``part-*``)."""
+    job_file = folder / META_DIR / "job.json"
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--output {folder} is a file, not a folder")
+    entries = sorted(folder.iterdir()) if folder.is_dir() else []
+    if overwrite and entries:
+        foreign = [p.name for p in entries if not _is_job_entry(p)]
+        if foreign or not job_file.is_file():
+            what = f"holds {foreign[0]!r}, which" if foreign else "holds no inferlane job's manifest, so it"
+            raise ConfigError(f"--overwrite: {folder} {what} is not an inferlane job's output; refusing to "
+                              "delete it (choose another --output, or empty it yourself)")
+        return None
+    if job_file.exists():
+        job = orjson.loads(job_file.read_bytes())
+        if job["job_id"] != job_id:
+            raise ConfigError(f"{folder} holds the output of job {job['job_id']!r}; use another "
+                              f"--output, the same --job-id to resume it, or --overwrite")
+        if job["fingerprint"] != fingerprint:
+            raise ConfigError(f"job {job_id!r}: the input files, --shard-rows or --limit changed since the "
+                              f"job started (plan {job['fingerprint']} != {fingerprint}); use a new --job-id "
+                              "or --overwrite")
+        return dict(job)
+    if any(p.name.startswith("part-") for p in entries):
+        raise ConfigError(f"{folder} already holds parts from another tool or job; use an empty folder")
+    return None
+
+
+def read_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """Shard id → manifest record of the job in ``folder`` (reading only)."""
+    done: dict[str, dict[str, Any]] = {}
+    path = folder / META_DIR / "manifest.jsonl"
+    if path.exists():
+        for line in path.read_bytes().splitlines():
+            with contextlib.suppress(orjson.JSONDecodeError):  # a torn last line is not a record
+                rec = orjson.loads(line)
+                done[rec["shard"]] = rec
+    return done
+
+
+def clear_job_folder(folder: Path) -> None:
+    """Delete an inferlane job's files from ``folder`` (checked by :func:`inspect_folder` first)."""
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
 class PartsFolder:
     """Rows as part files in ``folder``; every write is durable when it returns."""
 
@@ -77,20 +142,9 @@ class FileShardSink:
     def __init__(self, folder: Path, fmt: str, job_id: str, fingerprint: str, overwrite: bool = False) -> None:
         meta = folder / META_DIR
         job_file = meta / "job.json"
-        if overwrite and folder.exists():
-            shutil.rmtree(folder)
-        if job_file.exists():
-            job = orjson.loads(job_file.read_bytes())
-            if job["job_id"] != job_id:
-                raise ConfigError(f"{folder} holds the output of job {job['job_id']!r}; use another "
-                                  f"--output, the same --job-id to resume it, or --overwrite")
-            if job["fingerprint"] != fingerprint:
-                raise ConfigError(f"job {job_id!r}: the input files changed since the job started "
-                                  f"(plan {job['fingerprint']} != {fingerprint}); use a new --job-id "
-                                  "or --overwrite")
-        elif folder.exists() and any(p.name.startswith("part-") for p in folder.iterdir()):
-            raise ConfigError(f"{folder} already holds parts from another tool or job; use an empty "
-                              "folder or --overwrite")
+        inspect_folder(folder, job_id, fingerprint, overwrite=overwrite)
+        if overwrite:
+            clear_job_folder(folder)
         self.parts = PartsFolder(folder, fmt)
         self.folder = folder
         self.description = self.parts.description
@@ -104,13 +158,7 @@ class FileShardSink:
         self._manifest = open(self._manifest_path, "ab")  # noqa: SIM115 - kept open for appends
 
     def finished_shards(self) -> dict[str, dict[str, Any]]:
-        done: dict[str, dict[str, Any]] = {}
-        if self._manifest_path.exists():
-            for line in self._manifest_path.read_bytes().splitlines():
-                with contextlib.suppress(orjson.JSONDecodeError):  # a torn last line is not a record
-                    rec = orjson.loads(line)
-                    done[rec["shard"]] = rec
-        return done
+        return read_manifest(self.folder)
 
     def commit(self, shard_id: str, table: pa.Table, rejects: list[dict[str, Any]]) -> None:
         part = self.parts.write_part(shard_id, table)

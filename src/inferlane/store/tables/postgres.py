@@ -45,6 +45,9 @@ class PostgresTable(SqlTable):
             cur.execute(statement.encode(), params)
             return cur.fetchall() if cur.description is not None else []
 
+    def has_table(self, name: str) -> bool:
+        return self.execute("SELECT to_regclass(%s)", (sql.Identifier(name).as_string(self._conn),))[0][0] is not None
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         with self._conn.transaction():

@@ -55,6 +55,10 @@ class SqlTable:
     def _sql_type(self, t: pa.DataType) -> str:
         raise NotImplementedError
 
+    def has_table(self, name: str) -> bool:
+        """Whether the table ``name`` exists (read only)."""
+        raise NotImplementedError
+
     def _reconnect_if_lost(self) -> None:
         """Open a new connection when the old one broke (a retry then starts over on it)."""
 
@@ -114,28 +118,26 @@ class SqlShardSink:
         self.fingerprint = fingerprint
         self.rejects_dir = rejects_dir
         self.description = table.description
-        p = table.placeholder
         table.execute("CREATE TABLE IF NOT EXISTS inferlane_batch_jobs (job_id TEXT PRIMARY KEY, "
                       "fingerprint TEXT NOT NULL, output_table TEXT NOT NULL)")
         table.execute("CREATE TABLE IF NOT EXISTS inferlane_batch_manifest (job_id TEXT NOT NULL, "
                       "shard TEXT NOT NULL, rows_written BIGINT NOT NULL, rejected BIGINT NOT NULL, "
                       "committed_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (job_id, shard))")
-        found = table.execute(f"SELECT fingerprint, output_table FROM inferlane_batch_jobs WHERE job_id = {p}",
-                              (job_id,))
-        if found:
-            fp, name = found[0]
-            if fp != fingerprint or name != table.table:
-                raise ConfigError(f"job {job_id!r} already ran with other inputs or another table "
-                                  f"({name}); use a new --job-id")
-        else:
+        if not _same_job(table, job_id, fingerprint):
+            p = table.placeholder
             table.execute(f"INSERT INTO inferlane_batch_jobs VALUES ({p}, {p}, {p})",
                           (job_id, fingerprint, table.table))
 
+    @staticmethod
+    def inspect(table: SqlTable, job_id: str, fingerprint: str) -> dict[str, dict[str, Any]]:
+        """The shards ``job_id`` finished in ``table``'s database, reading only (for a dry run);
+        ConfigError when the job ran there with other inputs or another table."""
+        if not table.has_table("inferlane_batch_jobs") or not _same_job(table, job_id, fingerprint):
+            return {}
+        return _finished(table, job_id)
+
     def finished_shards(self) -> dict[str, dict[str, Any]]:
-        p = self.db.placeholder
-        rows = self.db.execute(f"SELECT shard, rows_written, rejected FROM inferlane_batch_manifest "
-                               f"WHERE job_id = {p}", (self.job_id,))
-        return {r[0]: {"shard": r[0], "rows": r[1], "rejected": r[2]} for r in rows}
+        return _finished(self.db, self.job_id)
 
     def commit(self, shard_id: str, table: pa.Table, rejects: list[dict[str, Any]]) -> None:
         flat = flatten_lists(table)
@@ -156,3 +158,24 @@ class SqlShardSink:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _same_job(table: SqlTable, job_id: str, fingerprint: str) -> bool:
+    """True when ``job_id`` is recorded with these inputs and table; False when it is new."""
+    found = table.execute("SELECT fingerprint, output_table FROM inferlane_batch_jobs "
+                          f"WHERE job_id = {table.placeholder}", (job_id,))
+    if found:
+        fp, name = found[0]
+        if fp != fingerprint or name != table.table:
+            raise ConfigError(f"job {job_id!r} already ran with other inputs, --shard-rows, --limit or another "
+                              f"table ({name}); use a new --job-id")
+        return True
+    return False
+
+
+def _finished(table: SqlTable, job_id: str) -> dict[str, dict[str, Any]]:
+    if not table.has_table("inferlane_batch_manifest"):
+        return {}
+    rows = table.execute(f"SELECT shard, rows_written, rejected FROM inferlane_batch_manifest "
+                         f"WHERE job_id = {table.placeholder}", (job_id,))
+    return {r[0]: {"shard": r[0], "rows": r[1], "rejected": r[2]} for r in rows}

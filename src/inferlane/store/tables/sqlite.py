@@ -20,10 +20,13 @@ def quote_ident(name: str) -> str:
 
 
 class SqliteTable(SqlTable):
-    def __init__(self, db: Path, table: str, key: list[str]) -> None:
+    def __init__(self, db: Path, table: str, key: list[str], *, read_only: bool = False) -> None:
         super().__init__(table, key)
-        db.parent.mkdir(parents=True, exist_ok=True)
         self.description = f"SQLite {db} table {table}"
+        if read_only:  # a dry run: an existing file, opened without creating or changing anything
+            self._conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+            return
+        db.parent.mkdir(parents=True, exist_ok=True)
         # NOTE: created here, used by the single writer thread afterwards (never concurrently).
         self._conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -35,6 +38,9 @@ class SqliteTable(SqlTable):
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return self._conn.execute(sql, params).fetchall()
+
+    def has_table(self, name: str) -> bool:
+        return bool(self.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:

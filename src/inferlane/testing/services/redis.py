@@ -4,18 +4,23 @@
         ...
     with redis_server(tmp, appendfsync="always") as url:  # an append-only file, fsync per write
         ...
+    server = RestartableRedis(tmp); server.start(); server.kill(); server.start()   # fault tests
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
+import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from inferlane.testing.ports import LOOPBACK
+from inferlane.testing.ports import LOOPBACK, free_port
+from inferlane.testing.processes import exited
 from inferlane.testing.services.launcher import Running, ServiceError, on_free_port
+from inferlane.testing.waiting import wait_until
 
 INSTALL_REDIS_SERVER = "redis-server is not installed: run `apt-get install -y redis-server` (scripts/check does it)"
 
@@ -70,3 +75,42 @@ def redis_server(root: Path, *, appendfsync: AppendFsync = "off") -> Iterator[st
     """Start redis-server on a free port (see redis_process); yields ``redis://127.0.0.1:PORT/0``."""
     with redis_process(root, appendfsync=appendfsync) as running:
         yield f"redis://{LOOPBACK}:{running.port}/0"
+
+
+@dataclass
+class RestartableRedis:
+    """A redis-server for fault tests: an append-only file fsynced per write, on a fixed port, so it
+    can be killed (or stopped) and started again at the same address with its data.
+
+        server = RestartableRedis(tmp / "redis")
+        server.start(); ...; server.kill(); server.start()   # the same url, the same data
+    """
+
+    folder: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def start(self) -> None:
+        """Start it and wait for PING; ServiceError when redis-server is missing or does not start."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        command = redis_command(self.folder, self.port, appendfsync="always")
+        log = self.folder / "redis.log"
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=self.folder)
+        wait_until(lambda: redis_ping(self.port), "redis-server answers PING", 15, abort_if=[exited(self.proc, log)])
+
+    def kill(self) -> None:
+        """SIGKILL: the append-only file already holds every acknowledged write."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM (redis-server flushes and exits), if it runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)

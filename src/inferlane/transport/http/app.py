@@ -26,15 +26,27 @@ from inferlane.core.repository import ModelEntry
 from inferlane.core.spec import ModelConfig
 from inferlane.lanes.jobs import JobsLane
 from inferlane.lanes.online import OnlineLane
-from inferlane.transport.http.body import JSON, read_body
+from inferlane.transport.http.body import JSON, check_host, read_body, scope_headers
 from inferlane.transport.http.body import json_response as _json
-from inferlane.transport.http.infer import TIMEOUT_HEADER, InferRoute, error_parts, match, server_timing, timeout_s
+from inferlane.transport.http.infer import (
+    TIMEOUT_HEADER,
+    InferRoute,
+    error_parts,
+    hidden_error,
+    match,
+    send_parts,
+    server_timing,
+    timeout_s,
+)
 from inferlane.transport.http.jobs import job_routes
 from inferlane.transport.http.openapi import openapi_document, swagger_html
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ["binary_tensor_data", "parameters", "statistics"]
+_HOST = frozenset({b"host"})
+
+EXTENSIONS = ["binary_tensor_data", "parameters"]
+"""Only extensions this server implements (``statistics`` needs /v2/models/{name}/stats)."""
 
 
 def error_response(e: InferlaneError) -> Response:
@@ -63,18 +75,26 @@ class FastInferApp:
         self.app = app
         self.state = app.state
         self._infer = infer
+        self._hosts = infer.hosts
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # NOTE: not a coroutine itself: it hands back the handler's, one frame less on every resume.
         target = match(scope)
         if target is None:
+            if self._hosts is not None and scope["type"] == "http":
+                try:
+                    check_host(scope_headers(scope, _HOST).get(b"host"), self._hosts)
+                except InferlaneError as e:
+                    return send_parts(send, *error_parts(e))
             return self.app(scope, receive, send)
         return self._infer(target[0], target[1], scope, receive, send)
 
 
 def build_http_app(lane: OnlineLane,
                    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]]
-                   | None = None, *, body_timeout_s: float = 30.0, jobs: JobsLane | None = None) -> FastInferApp:
+                   | None = None, *, body_timeout_s: float = 30.0, jobs: JobsLane | None = None,
+                   hosts: frozenset[bytes] | None = None) -> FastInferApp:
+    """``hosts``: the Host header names answered, None for any (body.loopback_hosts)."""
     registry = lane.registry
     metrics = lane.metrics
 
@@ -88,11 +108,17 @@ def build_http_app(lane: OnlineLane,
     async def live(request: Request) -> Response:
         return _json({"live": True})
 
+    load_error: dict[str, str] = {}  # the registry's load error -> what clients are told (logged once)
+
     async def ready(request: Request) -> Response:
         doc: dict[str, Any] = {"ready": registry.ready}
         if registry.load_error:
-            doc["error"] = registry.load_error
-        return _json(doc, 200 if registry.ready else 503)
+            if registry.load_error not in load_error:
+                load_error[registry.load_error] = hidden_error("model loading failed", registry.load_error)
+            doc["error"] = load_error[registry.load_error]
+        elif jobs is not None and jobs.worker_problem is not None:  # e.g. the job store is failing
+            doc = {"ready": False, "error": jobs.worker_problem}
+        return _json(doc, 200 if doc["ready"] else 503)
 
     async def model_metadata(request: Request) -> Response:
         e = entry(request)
@@ -104,7 +130,7 @@ def build_http_app(lane: OnlineLane,
         ok = registry.is_ready(e.name, request.path_params.get("version"))
         return _json({"name": e.name, "ready": ok}, 200 if ok else 503)
 
-    route = InferRoute(lane, body_timeout_s)
+    route = InferRoute(lane, body_timeout_s, hosts)
 
     async def infer(request: Request) -> Response:
         """Only reached for paths the fast match does not take (Starlette answers 405 and 404 around it)."""
@@ -168,7 +194,7 @@ def build_http_app(lane: OnlineLane,
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _json({"error": f"internal error: {type(exc).__name__}"}, 500)
+        return _json({"error": hidden_error("internal error", repr(exc))}, 500)
 
     app = Starlette(
         routes=routes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 from typing import Any
 
@@ -43,6 +44,32 @@ def scope_headers(scope: Scope, names: frozenset[bytes]) -> dict[bytes, str]:
         if key in names:
             found[key] = value.decode("latin-1")
     return found
+
+
+def loopback_hosts(bound_host: str) -> frozenset[bytes] | None:
+    """The Host header names a server listening on ``bound_host`` answers: only loopback names when it
+    listens on loopback (so a web page whose DNS name rebinds to 127.0.0.1 cannot reach it from a
+    browser), None (any) otherwise."""
+    name = bound_host.strip("[]").lower()
+    try:
+        loopback = ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        loopback = name == "localhost"
+    return frozenset({b"localhost", b"127.0.0.1", b"::1", name.encode()}) if loopback else None
+
+
+def check_host(value: str | None, allowed: frozenset[bytes]) -> None:
+    """Refuse a Host header that is not one of ``allowed`` (any port); no Host (HTTP/1.0) passes."""
+    if value is None:
+        return
+    name = value.strip().lower()
+    if name.startswith("["):
+        name = name[1:name.find("]")]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name.encode("latin-1") not in allowed:
+        raise InvalidInput(f"Host {value[:100]!r} is not this server: a server listening on loopback answers only "
+                           "Host localhost or 127.0.0.1 (listen on another address with --host / INFERLANE_HOST)")
 
 
 async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:

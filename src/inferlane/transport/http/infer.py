@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
 from inferlane.core import codec
-from inferlane.core.errors import InferlaneError, InvalidInput, QueueFull
+from inferlane.core.errors import InferlaneError, InvalidInput, ModelError, QueueFull
 from inferlane.lanes.online import OnlineLane, OnlineResult
-from inferlane.transport.http.body import int_header, receive_body, scope_headers
+from inferlane.transport.http.body import check_host, int_header, receive_body, scope_headers
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ TIMEOUT_HEADER = "inferlane-timeout-ms"
 _CONTENT_LENGTH = b"content-length"
 _HEADER_LENGTH = codec.HEADER_LENGTH.encode()
 _TIMEOUT = TIMEOUT_HEADER.encode()
-_WANTED = frozenset({_CONTENT_LENGTH, _HEADER_LENGTH, _TIMEOUT})
+_HOST = b"host"
+_WANTED = frozenset({_CONTENT_LENGTH, _HEADER_LENGTH, _TIMEOUT, _HOST})
 _JSON_TYPE = (b"content-type", b"application/json")
 _BINARY_TYPE = (b"content-type", b"application/octet-stream")
 _MILLISECONDS = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
@@ -62,9 +64,19 @@ def server_timing(r: OnlineResult) -> bytes:
         p.queue_s * 1e3, p.forward_s * 1e3, r.total_s * 1e3, p.batch_rows)
 
 
+def hidden_error(what: str, detail: str) -> str:
+    """A short message for the client with a fresh request id; ``detail`` (file paths, the model's own
+    exception text) goes to the server log under that id only."""
+    request_id = uuid.uuid4().hex[:16]
+    log.error("request %s: %s", request_id, detail)
+    return f"{what} (request id {request_id}; the server log has the details)"
+
+
 def error_parts(e: InferlaneError) -> Parts:
-    """The answer to an error: its status, ``{"error": message}``, and Retry-After when the queue is full."""
-    body = orjson.dumps({"error": e.message})
+    """The answer to an error: its status, ``{"error": message}``, and Retry-After when the queue is full.
+    A model's own failure is logged, and the client gets a request id instead of its text."""
+    message = hidden_error("the model failed on this request", e.message) if isinstance(e, ModelError) else e.message
+    body = orjson.dumps({"error": message})
     headers = [_JSON_TYPE, (b"content-length", str(len(body)).encode())]
     if isinstance(e, QueueFull):
         headers.append((b"retry-after", str(e.retry_after).encode()))
@@ -89,14 +101,18 @@ def match(scope: Scope) -> tuple[str, str | None] | None:
 class InferRoute:
     """Answers one V2 inference request through the online lane."""
 
-    def __init__(self, lane: OnlineLane, body_timeout_s: float) -> None:
+    def __init__(self, lane: OnlineLane, body_timeout_s: float, hosts: frozenset[bytes] | None = None) -> None:
         self.lane = lane
         self.body_timeout_s = body_timeout_s
+        self.hosts = hosts
+        """Host header names answered (None: any); see body.loopback_hosts."""
 
     async def parts(self, name: str, version: str | None, scope: Scope, receive: Receive) -> Parts:
+        headers = scope_headers(scope, _WANTED)
+        if self.hosts is not None:
+            check_host(headers.get(_HOST), self.hosts)
         mv = self.lane.registry.get(name, version)
         limits = mv.config.limits
-        headers = scope_headers(scope, _WANTED)
         length = int_header(headers.get(_CONTENT_LENGTH), "content-length")
         body = await receive_body(receive, length, limits.max_request_bytes, self.body_timeout_s)
         req = codec.parse_infer_request(body, int_header(headers.get(_HEADER_LENGTH), codec.HEADER_LENGTH),
@@ -116,8 +132,12 @@ class InferRoute:
             status, headers, body = await self.parts(name, version, scope, receive)
         except InferlaneError as e:
             status, headers, body = error_parts(e)
-        except Exception:
+        except Exception as e:
             log.exception("unexpected error on POST %s", scope["path"])
-            status, headers, body = error_parts(InferlaneError("internal error"))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+            status, headers, body = error_parts(InferlaneError(hidden_error("internal error", repr(e))))
+        await send_parts(send, status, headers, body)
+
+
+async def send_parts(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

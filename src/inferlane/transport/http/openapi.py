@@ -138,8 +138,9 @@ class V1PredictResponse(BaseModel):
 
 
 class JobSubmitRequest(BaseModel):
-    """A V2 inference request run asynchronously. Give ``inputs`` or ``input_uri`` (an s3:// object,
-    or a file under the server's jobs_local_root, holding a V2 request body)."""
+    """A V2 inference request run asynchronously. Give ``inputs`` or ``input_uri`` (an s3:// object
+    under a prefix INFERLANE_JOBS_S3_ALLOW lists, or a file under INFERLANE_JOBS_LOCAL_ROOT, holding a
+    V2 request body)."""
 
     id: str | None = None
     parameters: RequestParameters | None = None
@@ -147,12 +148,21 @@ class JobSubmitRequest(BaseModel):
     outputs: list[RequestOutput] | None = None
     input_uri: str | None = Field(default=None, min_length=1, max_length=2048)
     callback_url: str | None = Field(default=None, min_length=1, max_length=2048,
-                                     description="POSTed the outcome, signed with HMAC-SHA256 (Inferlane-Signature)")
+                                     description="POSTed the outcome, signed with HMAC-SHA256 over the time, "
+                                                 "job id, this URL and the body (Inferlane-Signature)")
     output_uri: str | None = Field(default=None, min_length=1, max_length=2048,
                                    description="Folder or s3:// prefix to write the result to instead of inline")
 
 
-class Job(BaseModel):
+class JobCallback(BaseModel):
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    error: str | None
+
+
+class JobSummary(BaseModel):
+    """A job as a listing shows it: everything but its result (listings never read payloads)."""
+
     id: str
     model: str
     version: str | None
@@ -160,11 +170,12 @@ class Job(BaseModel):
     attempts: int
     max_attempts: int
     error: str | None
-    result: dict[str, Any] | None = Field(description="The V2 inference response, once succeeded")
     output_uri: str | None
     input_uri: str | None
     idempotency_key: str | None
+    tenant: str | None = Field(description="The API key's tenant that owns the job (null without API keys)")
     callback_url: str | None
+    callback: JobCallback | None = Field(description="Delivery of the callback, once the job finished")
     created_at: float
     updated_at: float
     started_at: float | None
@@ -174,8 +185,12 @@ class Job(BaseModel):
     status_url: str
 
 
+class Job(JobSummary):
+    result: dict[str, Any] | None = Field(description="The V2 inference response, once succeeded")
+
+
 class JobList(BaseModel):
-    jobs: list[Job]
+    jobs: list[JobSummary]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -189,7 +204,7 @@ def _content(name: str) -> dict[str, Any]:
 _ERRORS = {
     "400": "Malformed body, or a wrong tensor name, datatype or shape (the message names it)",
     "404": "Unknown model or version",
-    "408": "The body was not received in time (server setting body_timeout_s)",
+    "408": "The headers or body were not received in time (INFERLANE_HEADER_TIMEOUT_S, INFERLANE_BODY_TIMEOUT_S)",
     "409": "The job is not queued, so it cannot be cancelled",
     "413": "Body or tensor larger than the model's limit",
     "503": "Queue full (with Retry-After) or model not ready",
@@ -250,7 +265,7 @@ def openapi_document() -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         RequestInput, RequestOutput, InferenceRequest, ResponseOutput, InferenceResponse,
         TensorMetadata, ModelMetadata, ServerMetadata, Error, V1PredictRequest, V1PredictResponse,
-        ServerReady, ModelReady, Live, JobSubmitRequest, Job, JobList]
+        ServerReady, ModelReady, Live, JobSubmitRequest, JobCallback, JobSummary, Job, JobList]
     _, schema = models_json_schema([(m, "validation") for m in models],
                                    ref_template="#/components/schemas/{model}")
     infer_errors = ("400", "404", "408", "413", "503", "504")
@@ -319,11 +334,23 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
+SWAGGER_UI = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5.35.0/"
+"""Swagger UI for /docs, pinned to one release; each file is checked by the browser against its hash
+below (Subresource Integrity). To update: ``npm pack swagger-ui-dist@VERSION``, then for each file
+``openssl dgst -sha384 -binary package/FILE | openssl base64 -A``."""
+SWAGGER_UI_SRI = {
+    "swagger-ui.css": "sha384-WlYgdmXYOOBWL5apwjDEZwN+U3HmXSSu5R6V5aGxEcf7z+KuRNwBhoxKVN1i3D5I",
+    "swagger-ui-bundle.js": "sha384-gjRm0bEPMeTmMh5jT2cHccIwCUZSTd8YC+j0d0sXw0MdGEfScduGpSyF3ZSSLkX9",
+}
+
+
 def swagger_html(openapi_url: str) -> str:
+    css, js = (f'{kind}="{SWAGGER_UI}{name}" integrity="{SWAGGER_UI_SRI[name]}" crossorigin="anonymous"'
+               for kind, name in (("href", "swagger-ui.css"), ("src", "swagger-ui-bundle.js")))
     return f"""<!doctype html>
 <html><head><title>inferlane API</title><meta charset="utf-8">
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
+<link rel="stylesheet" {css}></head>
 <body><div id="swagger-ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script {js}></script>
 <script>SwaggerUIBundle({{url: "{openapi_url}", dom_id: "#swagger-ui"}});</script>
 </body></html>"""

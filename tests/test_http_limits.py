@@ -1,0 +1,177 @@
+"""Connection-level limits of the real server, over raw sockets: header size and count (431),
+header and body deadlines (408), the connection cap (503), and answers that reach a client which
+sends its whole body before reading (transport/http/protocol.py)."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from inferlane.testing import serve
+from tests.conftest import Server, _serve
+from tests.test_http_hostile import INFER, LIMIT, PREDICT, RawResponse, _parse, error, raw, request_head, v2
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT_S = 1.0
+"""The header and body timeouts of the ``limited`` server."""
+
+
+@pytest.fixture(scope="module")
+def limited(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {"INFERLANE_HEADER_TIMEOUT_S": str(TIMEOUT_S), "INFERLANE_BODY_TIMEOUT_S": str(TIMEOUT_S)}
+    yield from _serve(model_repo, tmp_path_factory.mktemp("limited") / "server.log", env=env)
+
+
+def read_until_closed(s: socket.socket, deadline_s: float) -> tuple[RawResponse | None, float]:
+    """The response the server sends before closing, and how long after the call it closed."""
+    t0 = time.monotonic()
+    s.settimeout(deadline_s)
+    buf = b""
+    while chunk := s.recv(65536):
+        buf += chunk
+    response, _ = _parse(buf)
+    return response, time.monotonic() - t0
+
+
+def test_headers_over_the_size_limit_are_431(server: Server) -> None:
+    (r,) = raw(server, [request_head("/v2/health/live", "X-Big: " + "a" * 100 * 1024, method="GET")])
+    error(r, 431, "the request line and headers exceed 32768 bytes", "INFERLANE_MAX_HEADER_BYTES")
+
+
+def test_headers_over_the_size_limit_sent_slowly_are_431(server: Server) -> None:
+    # Never complete: the server must stop buffering at the limit, not wait for the end.
+    head = b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: "
+    (r,) = raw(server, [head, *[b"a" * 8192] * 12])
+    error(r, 431, "exceed 32768 bytes")
+
+
+def test_too_many_headers_are_431(server: Server) -> None:
+    many = [f"X-H{i}: {i}" for i in range(500)]
+    (r,) = raw(server, [request_head(INFER, "Content-Length: 2", *many) + b"{}"])
+    error(r, 431, "at most 100 header fields", "INFERLANE_MAX_HEADERS")
+
+
+def test_a_usual_request_with_many_headers_is_served(server: Server) -> None:
+    body = v2()
+    many = [f"X-H{i}: {'v' * 100}" for i in range(90)]
+    (r,) = raw(server, [request_head(INFER, f"Content-Length: {len(body)}", *many) + body])
+    assert r.status_code == 200, r.content
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /v2/health/live HTTP/1.1\r\n"], ids=["nothing", "request-line"])
+def test_headers_not_complete_in_time_are_408(limited: Server, sent: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", limited.port)) as s:
+        s.sendall(sent)
+        r, elapsed = read_until_closed(s, 10)
+    assert r is not None
+    error(r, 408, f"the request headers were not received within {TIMEOUT_S:g} s", "INFERLANE_HEADER_TIMEOUT_S")
+    assert TIMEOUT_S * 0.9 <= elapsed <= TIMEOUT_S * 1.25 + 1, elapsed
+
+
+def test_slowloris_is_cut_off_at_the_header_timeout(limited: Server) -> None:
+    with socket.create_connection(("127.0.0.1", limited.port)) as s:
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\n")
+        t0 = time.monotonic()
+        s.settimeout(0.1)
+        buf, i = b"", 0
+        while time.monotonic() - t0 < 10:
+            try:
+                s.sendall(b"X-Slow-%d: a\r\n" % i)  # one header line every 0.1 s, never the blank line
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            i += 1
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            buf += chunk
+        elapsed = time.monotonic() - t0
+    r, _ = _parse(buf)
+    assert r is not None, buf
+    error(r, 408, "the request headers were not received within")
+    assert elapsed <= TIMEOUT_S * 1.25 + 1, elapsed
+
+
+@pytest.mark.parametrize("path", [INFER, PREDICT])
+def test_content_length_without_a_body_is_408(limited: Server, path: str) -> None:
+    with socket.create_connection(("127.0.0.1", limited.port)) as s:
+        s.sendall(request_head(path, "Content-Length: 100", "Content-Type: application/json"))
+        r, elapsed = read_until_closed(s, 10)
+    assert r is not None
+    error(r, 408, f"the body was not received within {TIMEOUT_S:g} s")
+    assert elapsed <= TIMEOUT_S * 1.25 + 1, elapsed
+
+
+def test_a_body_sent_whole_before_reading_gets_its_413(server: Server) -> None:
+    # urllib sends all 64 MiB before it reads: the server must take them in, not reset the connection.
+    body = b'{"inputs": [' + b" " * (64 * 1024 * 1024) + b"]}"
+    request = urllib.request.Request(server.url + INFER, data=body, headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=60)
+    assert caught.value.code == 413
+    assert f"exceeds the model's limit of {LIMIT} bytes" in orjson.loads(caught.value.read())["error"]
+
+
+def test_connections_over_the_cap_get_503(model_repo: Path, tmp_path: Path) -> None:
+    live = request_head("/v2/health/live", method="GET").replace(b"Connection: close", b"Connection: keep-alive")
+
+    def ask(s: socket.socket) -> RawResponse:
+        s.sendall(live)
+        buf = b""
+        while (r := _parse(buf)[0]) is None:
+            chunk = s.recv(65536)
+            assert chunk, "the server closed the connection without answering"
+            buf += chunk
+        return r
+
+    env = {"INFERLANE_MAX_CONNECTIONS": "3", "INFERLANE_JOBS_STORE": f"sqlite:///{tmp_path / 'jobs.db'}"}
+    with serve(model_repo, log_path=tmp_path / "server.log", env=env) as capped:
+        held = [socket.create_connection(("127.0.0.1", capped.port), timeout=10) for _ in range(3)]
+        try:
+            assert [ask(s).status_code for s in held] == [200, 200, 200]
+            with socket.create_connection(("127.0.0.1", capped.port), timeout=10) as extra:
+                r = ask(extra)
+                error(r, 503, "maximum of 3 connections", "INFERLANE_MAX_CONNECTIONS")
+                assert r.headers["retry-after"] == "1"
+            assert [ask(s).status_code for s in held] == [200, 200, 200]  # the others are unharmed
+        finally:
+            for s in held:
+                s.close()
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/v2/health/ready"), ("POST", INFER), ("GET", "/v2/jobs"),
+                                         ("GET", "/docs")])
+def test_a_foreign_host_is_refused_on_loopback(server: Server, method: str, path: str) -> None:
+    # A page at http://evil.example:PORT whose DNS name rebinds to 127.0.0.1 sends Host: evil.example.
+    r = httpx.request(method, server.url + path, content=v2() if method == "POST" else None,
+                      headers={"Host": f"evil.example:{server.port}"})
+    error(r, 400, "Host 'evil.example:", "is not this server", "--host / INFERLANE_HOST")
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "[::1]", "LOCALHOST"])
+def test_loopback_hosts_are_served(server: Server, host: str) -> None:
+    for h in (host, f"{host}:{server.port}"):
+        assert httpx.get(server.url + "/v2/health/ready", headers={"Host": h}).status_code == 200
+        assert httpx.post(server.url + INFER, content=v2(), headers={"Host": h}).status_code == 200
+
+
+def test_docs_load_swagger_ui_pinned_with_integrity(server: Server) -> None:
+    html = httpx.get(server.url + "/docs").text
+    tags = re.findall(r"<(?:script|link)[^>]*(?:src|href)=\"https?://[^>]*>", html)
+    assert len(tags) == 2, html
+    for tag in tags:
+        assert re.search(r"@\d+\.\d+\.\d+/", tag), tag  # one exact release, not "@5"
+        assert re.search(r'integrity="sha384-[A-Za-z0-9+/]{64}"', tag), tag
+        assert 'crossorigin="anonymous"' in tag, tag
