@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -36,34 +35,13 @@ from inferlane.lanes.online import OnlineLane
 from inferlane.rollout.registry import ModelRegistry
 from inferlane.server.app import create_app
 from inferlane.server.settings import ServerSettings
+from inferlane.testing.gate import Gate
 from inferlane.transport.http.app import build_http_app
 
 pytestmark = pytest.mark.anyio
 
 MAX_QUEUE = 2
 ECHO_LIMITS = {"max_request_bytes": 4096, "max_elements_per_input": 64}
-
-
-class Gate:
-    """Where the echo model's forward pass waits while a test holds it closed."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.opened = threading.Event()
-        self.opened.set()
-
-    def hold(self) -> None:
-        """Called by the model in its forward thread."""
-        self.entered.set()
-        if not self.opened.wait(30):
-            raise TimeoutError("the test never opened the gate")
-
-    def close(self) -> None:
-        self.entered.clear()
-        self.opened.clear()
-
-    def open(self) -> None:
-        self.opened.set()
 
 
 GATE = Gate()

@@ -23,7 +23,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConfigError("serve needs a model repository: give its folder (inferlane serve models/) "
                           "or set INFERLANE_MODEL_REPOSITORY")
     settings = ServerSettings.from_env(model_repository=args.repository, host=args.host,
-                                       port=args.port, workers=args.workers, log_level=args.log_level)
+                                       port=args.port, workers=args.workers, log_level=args.log_level,
+                                       watch=args.watch or None)
     scan_repository(settings.model_repository)  # fail fast, with the field at fault, before binding
     run(settings)
     return EXIT_OK
@@ -83,19 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None, help="server processes (default 1)")
     s.add_argument("--log-level", default=None,
                    choices=["critical", "error", "warning", "info", "debug"], help="default info")
+    s.add_argument("--watch", action="store_true",
+                   help="hot-load new version folders of the repository while serving, without traffic "
+                        "(INFERLANE_WATCH)")
     s.set_defaults(func=_serve)
 
-    from inferlane.cli import batch, jobs, stream
+    from inferlane.cli import batch, jobs, rollout, stream
 
     batch.add_parser(sub)
     jobs.add_parser(sub)
     stream.add_parser(sub)
+    rollout.add_parser(sub)
 
     m = sub.add_parser("models", help="model repository tools")
     msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     v = msub.add_parser("validate", help="check every model.yaml and run each model's warm-up once")
     v.add_argument("repository", type=Path)
     v.set_defaults(func=_validate)
+    rollout.add_model_actions(msub)
 
     d = sub.add_parser("demo", help="train a fraud model, serve it, load-test it, show the error paths")
     d.add_argument("--workdir", type=Path, default=None,

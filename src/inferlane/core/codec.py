@@ -23,8 +23,20 @@ from inferlane.core.inputs.values import ValueProblem, from_buffer, from_json, i
 from inferlane.core.spec import ModelConfig
 
 HEADER_LENGTH = "inference-header-content-length"
-RESERVED_PARAMETERS = frozenset({"timeout", "binary_data_output"})
+RESERVED_PARAMETERS = frozenset({"timeout", "binary_data_output", "routing_key"})
 """Request parameters the protocol consumes; every other request parameter is echoed back."""
+MAX_ROUTING_KEY = 1024
+"""Longest routing key (which user, say, so that one key always reaches one model version)."""
+
+
+def routing_key(value: object, where: str) -> str | None:
+    """A request's routing key (header ``inferlane-routing-key``, V2 ``parameters.routing_key``, V1
+    ``routing_key``): a string of 1 to MAX_ROUTING_KEY characters, or None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ROUTING_KEY:
+        raise InvalidInput(f"{where} must be a string of 1 to {MAX_ROUTING_KEY} characters")
+    return value
 
 
 @dataclass(slots=True)
@@ -293,11 +305,17 @@ def check_requested_outputs(req: InferRequest, config: ModelConfig) -> None:
 def parse_v1_instances(body: bytes, config: ModelConfig) -> dict[str, np.ndarray]:
     """``{"instances": [...]}`` (rows) or ``{"inputs": {...}}`` (columns), as TF Serving and
     KServe V1 take them."""
+    return parse_v1_request(body, config)[0]
+
+
+def parse_v1_request(body: bytes, config: ModelConfig) -> tuple[dict[str, np.ndarray], str | None]:
+    """:func:`parse_v1_instances` and the body's top-level ``routing_key`` (None when absent)."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise InvalidInput(f"body is not valid JSON: {e}") from None
     doc = _obj(doc, "the body")
+    key = routing_key(doc.get("routing_key"), "routing_key")
     specs = config.inputs
     if not isinstance(doc.get("signature_name", ""), str):
         raise InvalidInput("signature_name must be a string")
@@ -333,7 +351,7 @@ def parse_v1_instances(body: bytes, config: ModelConfig) -> dict[str, np.ndarray
         if arr.size > limit:
             raise PayloadTooLarge(f"input {s.name!r}: {arr.size} elements; the limit is {limit}")
         out[s.name] = arr
-    return out
+    return out, key
 
 
 def encode_v1_predictions(outputs: Mapping[str, np.ndarray]) -> bytes:

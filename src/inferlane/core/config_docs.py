@@ -10,6 +10,7 @@ from pydantic_core import PydanticUndefined
 
 from inferlane.core.spec import (
     BatchingPolicy,
+    DriftSpec,
     Limits,
     ModelConfig,
     OnnxOptions,
@@ -28,6 +29,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("onnx", OnnxOptions),
     ("sklearn", SklearnOptions),
     ("python", PythonOptions),
+    ("drift", DriftSpec),
 ]
 
 INTRO = """# model.yaml reference

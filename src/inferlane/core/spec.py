@@ -105,6 +105,34 @@ class WarmupSpec(_Strict):
     generated inputs when given."""
 
 
+class DriftSpec(_Strict):
+    enabled: bool = True
+    """Track each served version's output distributions (unpinned online requests and shadow copies)
+    and export their PSI against a reference as ``inferlane_drift_psi`` (docs/rollouts.md, "Drift
+    monitoring")."""
+    reference_size: int = Field(default=1000, ge=100, le=1_000_000)
+    """Predictions in the reference: the first this many a version answers after it starts serving or
+    is promoted. Not used for outputs when ``reference_file`` is given."""
+    window_size: int = Field(default=1000, ge=100, le=1_000_000)
+    """Predictions in the rolling window compared with the reference: the most recent ones."""
+    inputs: bool = False
+    """Also track each numeric input's distribution, against the version's first ``reference_size``
+    predictions (``inferlane_drift_input_psi``), from the inputs the router's outcomes carry (not yet
+    reported by the online lane)."""
+    reference_file: str | None = Field(default=None, min_length=1)
+    """Output of ``inferlane batch run`` used as the reference of every version's outputs: a Parquet or
+    JSONL file, or the output folder of such a run; relative to the model folder. It needs one column
+    per numeric output, named as the output (list columns for vector outputs)."""
+
+    @field_validator("reference_file")
+    @classmethod
+    def _readable_format(cls, v: str | None) -> str | None:
+        if v is not None and Path(v).suffix.lower() not in ("", ".parquet", ".jsonl"):
+            raise ValueError(f"{v!r} must be a .parquet or .jsonl file written by inferlane batch run, "
+                             "or its output folder (CSV splits vector outputs into columns: use --format parquet)")
+        return v
+
+
 class ModelConfig(_Strict):
     name: str = Field(default="", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$|^$")
     """Model name; defaults to the folder name."""
@@ -141,6 +169,8 @@ class ModelConfig(_Strict):
     """Which estimator method produces which output."""
     python: PythonOptions | None = None
     """Which class in the artifact is the model."""
+    drift: DriftSpec = DriftSpec()
+    """Output (and optionally input) drift of each served version against a reference (see below)."""
 
     @field_validator("artifact")
     @classmethod

@@ -87,11 +87,18 @@ class RedisURL:
         return f"{self.host}:{self.port}/{self.db}"
 
     def client(self, **kwargs: Any) -> Any:
-        """A redis-py client (the ``redis`` extra); ``kwargs`` override the timeouts."""
+        """A redis-py client (the ``redis`` extra); ``kwargs`` override the timeouts.
+
+        redis-py's own retries are off: a command that fails raises, and the caller applies the one
+        retry rule (core/retry.py). A hidden retry would re-send commands that are not idempotent
+        (XREADGROUP hands out new entries each time: the first reply, lost with the connection,
+        would leave its entries pending and unseen), and would hide outages from readiness."""
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         options: dict[str, Any] = {"socket_connect_timeout": 5.0, "socket_timeout": 30.0,
-                                   "health_check_interval": 30, **kwargs}
+                                   "health_check_interval": 30, "retry": Retry(NoBackoff(), 0), **kwargs}
         return redis.Redis(host=self.host, port=self.port, db=self.db, username=self.username,
                            password=self.password, ssl=self.tls, **options)
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import uvicorn
@@ -26,9 +27,14 @@ from inferlane.lanes.jobs import JobsLane, JobWorker
 from inferlane.lanes.jobs.access import ApiKeys, check_open_access
 from inferlane.lanes.jobs.lane import check_store
 from inferlane.lanes.online import OnlineLane
+from inferlane.rollout.controller import RolloutController
+from inferlane.rollout.drift import DriftMonitor
 from inferlane.rollout.registry import ModelRegistry
 from inferlane.server.settings import ServerSettings
+from inferlane.server.watch import RepositoryWatcher
 from inferlane.store.jobs import open_job_store
+from inferlane.store.rollout import open_rollout_store
+from inferlane.transport.http.admin import AdminToken, admin_routes
 from inferlane.transport.http.app import FastInferApp, build_http_app
 from inferlane.transport.http.body import loopback_hosts
 from inferlane.transport.http.protocol import ConnectionLimits, GuardedConfig
@@ -43,6 +49,7 @@ def create_app(settings: ServerSettings) -> FastInferApp:
     registry = ModelRegistry.from_repository(settings.model_repository,
                                              observer_factory=metrics.batch_observer)
     metrics.watch_queues(registry.queue_states)
+    drift = DriftMonitor(registry, metrics)  # a bad drift.reference_file stops the start here, in one line
     lane = OnlineLane(registry, metrics)
     api_keys = ApiKeys.parse(settings.api_keys) if settings.api_keys else None
     check_open_access(api_keys, settings.host, settings.jobs_open)
@@ -50,14 +57,37 @@ def create_app(settings: ServerSettings) -> FastInferApp:
     check_store(store, settings.jobs_store)
     jobs = JobsLane(registry, store, settings.jobs_settings(), metrics, api_keys=api_keys)
     worker = JobWorker(jobs) if settings.jobs_workers > 0 else None
+    rollout_store = open_rollout_store(settings.rollout_store)
+    controller = RolloutController(registry, rollout_store, metrics)
+    watcher = RepositoryWatcher(registry) if settings.watch else None
+    admin = None
+    if settings.admin_token:
+        admin = admin_routes(registry, controller, AdminToken(settings.admin_token), settings.body_timeout_s,
+                             drift)
+        log.info("admin API on at /v2/admin (bearer token INFERLANE_ADMIN_TOKEN)")
+    else:
+        log.info("admin API off: set INFERLANE_ADMIN_TOKEN to turn on /v2/admin (hot load, rollouts)")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tasks: list[asyncio.Task[None]] = []
+
         async def load_then_work() -> None:
             try:
                 await registry.load_all()
             except Exception:  # logged, kept in registry.load_error; readiness stays false
                 return
+            try:  # a restart mid-rollout goes on at the stored step
+                await controller.resume()
+            except Exception:
+                log.exception("could not resume the stored rollouts from %s; serving the default versions",
+                              settings.rollout_store)
+            loop = asyncio.get_running_loop()
+            tasks.append(loop.create_task(_logged(controller.run, "the rollout controller")))
+            tasks.append(loop.create_task(_logged(drift.run, "the drift monitor")))
+            if watcher is not None:
+                tasks.append(loop.create_task(_logged(functools.partial(watcher.run, settings.watch_interval_s),
+                                                         "the repository watch")))
             tune_gc()
             if worker is not None:
                 await worker.run()
@@ -68,15 +98,31 @@ def create_app(settings: ServerSettings) -> FastInferApp:
         finally:
             if worker is not None:
                 await worker.stop(settings.graceful_timeout_s)
-            background.cancel()
+            for task in [background, *tasks]:
+                task.cancel()
+            await asyncio.gather(background, *tasks, return_exceptions=True)
+            await controller.close()
             await registry.close()
             store.close()
+            rollout_store.close()
 
     app = build_http_app(lane, lifespan, body_timeout_s=settings.body_timeout_s, jobs=jobs,
-                         hosts=loopback_hosts(settings.host))
+                         hosts=loopback_hosts(settings.host), admin=admin)
     app.state.registry = registry
     app.state.metrics = metrics
+    app.state.rollouts = controller
+    app.state.drift = drift
     return app
+
+
+async def _logged(work: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run a background loop; a crash is logged (the server keeps serving) instead of vanishing with its task."""
+    try:
+        await work()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s stopped on an unexpected error", what)
 
 
 def app_from_env() -> FastInferApp:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from inferlane.core.errors import ConfigError
 from inferlane.core.state import state_dir
@@ -13,6 +13,7 @@ from inferlane.lanes.jobs import JobsSettings
 from inferlane.lanes.jobs.lane import parse_s3_allow
 
 ENV_PREFIX = "INFERLANE_"
+MIN_ADMIN_TOKEN = 16
 
 
 class ServerSettings(BaseModel):
@@ -81,6 +82,25 @@ class ServerSettings(BaseModel):
     """Object-store endpoint for s3:// URIs (MinIO, Ceph, ...)."""
     graceful_timeout_s: float = Field(default=30.0, ge=0)
     """On SIGTERM: longest wait for in-flight requests before exiting."""
+    admin_token: str | None = Field(default=None, repr=False)
+    """Bearer token of the admin API (/v2/admin: hot load, rollouts), at least 16 characters; unset: the
+    admin API is off and its paths answer 404."""
+    rollout_store: str = Field(default_factory=lambda: f"sqlite:///{state_dir() / 'rollouts.db'}")
+    """Rollout state (routes, steps, history): sqlite:///path.db (one machine) or redis://host:port/db
+    (several hosts); default ``rollouts.db`` in the state folder."""
+    watch: bool = False
+    """Watch the model repository and hot-load new version folders (they get no traffic until a route
+    or a rollout names them)."""
+    watch_interval_s: float = Field(default=2.0, gt=0, le=3600)
+    """How often ``watch`` looks for new version folders."""
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_length(cls, v: str | None) -> str | None:
+        if v is not None and len(v.strip()) < MIN_ADMIN_TOKEN:
+            raise ValueError(f"INFERLANE_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters "
+                             "(e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
+        return v.strip() if v is not None else None
 
     @classmethod
     def from_env(cls, **overrides: object) -> ServerSettings:

@@ -296,23 +296,28 @@ class JobWorker:
                 raise InvalidInput(f"input_uri {job.input_uri!r} not found") from e
             except PermissionError as e:
                 raise InvalidInput(f"input_uri {job.input_uri!r} refused: {e.strerror or e}") from e
-        mv = lane.registry.get(job.model, job.version)
+        # Unpinned: the router's choice, sticky per job (a retried attempt lands on the same side).
+        mv = lane.registry.get(job.model, job.version, key=job.id)
         header_length = job.request_header_length if not job.input_uri else None
         req = codec.parse_infer_request(body, header_length, mv.config.limits.max_elements_per_input)
         deadline = time.monotonic() + s.job_timeout_s
         retry = 0
-        while True:
-            try:
-                pred = await mv.infer(req.inputs, deadline, priority=BACKGROUND)
-                break
-            except QueueFull:
-                # A full model queue is back-pressure, not a failure: wait and try again within
-                # this attempt rather than spending one of the job's attempts.
-                retry += 1
-                wait = QUEUE_FULL_BACKOFF.delay(retry)
-                if time.monotonic() + wait >= deadline:
-                    raise
-                await asyncio.sleep(wait)
+        lane.registry.enter(mv)  # unloading the version waits for this job's forward pass
+        try:
+            while True:
+                try:
+                    pred = await mv.infer(req.inputs, deadline, priority=BACKGROUND)
+                    break
+                except QueueFull:
+                    # A full model queue is back-pressure, not a failure: wait and try again within
+                    # this attempt rather than spending one of the job's attempts.
+                    retry += 1
+                    wait = QUEUE_FULL_BACKOFF.delay(retry)
+                    if time.monotonic() + wait >= deadline:
+                        raise
+                    await asyncio.sleep(wait)
+        finally:
+            lane.registry.leave(mv)
         out, _ = codec.encode_infer_response(mv.name, mv.version, pred.outputs,
                                              codec.InferRequest({}, req.id, req.parameters))
         if job.output_uri or len(out) > s.inline_result_max_bytes:

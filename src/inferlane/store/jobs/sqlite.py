@@ -33,6 +33,7 @@ from inferlane.store.jobs.base import (
     ModelBacklog,
     lost_lease_error,
 )
+from inferlane.store.sqlite import open_durable
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS jobs (
@@ -137,17 +138,10 @@ class SqliteJobStore:
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        # NOTE: isolation_level=None turns off the sqlite3 module's implicit transactions; every
-        # write below opens its own BEGIN IMMEDIATE. check_same_thread=False because the lock
-        # serialises use of the one connection across the lane's worker threads.
-        self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
-                                     check_same_thread=False)
+        # NOTE: every write below opens its own BEGIN IMMEDIATE; the lock serialises use of the
+        # one connection across the lane's worker threads.
+        self._conn = open_durable(self.path, busy_timeout_s=busy_timeout_s)
         self._lock = threading.Lock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
         with self._write() as c:
             c.execute(_SCHEMA[0])
             have = {row[1] for row in c.execute("PRAGMA table_info(jobs)")}

@@ -29,7 +29,9 @@ from inferlane.lanes.online import OnlineLane
 from inferlane.transport.http.body import JSON, check_host, read_body, scope_headers
 from inferlane.transport.http.body import json_response as _json
 from inferlane.transport.http.infer import (
+    ROUTING_KEY_HEADER,
     TIMEOUT_HEADER,
+    VERSION_HEADER,
     InferRoute,
     error_parts,
     hidden_error,
@@ -93,8 +95,9 @@ class FastInferApp:
 def build_http_app(lane: OnlineLane,
                    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]]
                    | None = None, *, body_timeout_s: float = 30.0, jobs: JobsLane | None = None,
-                   hosts: frozenset[bytes] | None = None) -> FastInferApp:
-    """``hosts``: the Host header names answered, None for any (body.loopback_hosts)."""
+                   hosts: frozenset[bytes] | None = None, admin: list[Route] | None = None) -> FastInferApp:
+    """``hosts``: the Host header names answered, None for any (body.loopback_hosts). ``admin``: the
+    /v2/admin routes (transport/http/admin.py), None while no admin token is set (their paths answer 404)."""
     registry = lane.registry
     metrics = lane.metrics
 
@@ -141,11 +144,13 @@ def build_http_app(lane: OnlineLane,
     async def v1_predict(request: Request) -> Response:
         e = entry(request)
         body = await read_body(request, e.config.limits.max_request_bytes, body_timeout_s)
-        inputs = codec.parse_v1_instances(body, e.config)
+        inputs, key = codec.parse_v1_request(body, e.config)
+        key = codec.routing_key(request.headers.get(ROUTING_KEY_HEADER) or None, ROUTING_KEY_HEADER) or key
         result = await lane.infer(e.name, request.path_params.get("version"), inputs,
-                                  timeout_s(request.headers.get(TIMEOUT_HEADER), {}))
+                                  timeout_s(request.headers.get(TIMEOUT_HEADER), {}), key)
         return Response(codec.encode_v1_predictions(result.prediction.outputs),
-                        headers={"Server-Timing": server_timing(result).decode()}, media_type=JSON)
+                        headers={"Server-Timing": server_timing(result).decode(),
+                                 VERSION_HEADER: result.model.version}, media_type=JSON)
 
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -175,6 +180,8 @@ def build_http_app(lane: OnlineLane,
 
     if jobs is not None:
         routes += job_routes(jobs, body_timeout_s)
+    if admin is not None:
+        routes += admin
 
     async def inferlane_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, InferlaneError)

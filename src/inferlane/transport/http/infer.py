@@ -25,11 +25,16 @@ from inferlane.transport.http.body import check_host, int_header, receive_body, 
 log = logging.getLogger(__name__)
 
 TIMEOUT_HEADER = "inferlane-timeout-ms"
+ROUTING_KEY_HEADER = "inferlane-routing-key"
+VERSION_HEADER = "inferlane-model-version"
+"""Response header: the model version that answered."""
 _CONTENT_LENGTH = b"content-length"
 _HEADER_LENGTH = codec.HEADER_LENGTH.encode()
 _TIMEOUT = TIMEOUT_HEADER.encode()
+_ROUTING_KEY = ROUTING_KEY_HEADER.encode()
+_VERSION = VERSION_HEADER.encode()
 _HOST = b"host"
-_WANTED = frozenset({_CONTENT_LENGTH, _HEADER_LENGTH, _TIMEOUT, _HOST})
+_WANTED = frozenset({_CONTENT_LENGTH, _HEADER_LENGTH, _TIMEOUT, _ROUTING_KEY, _HOST})
 _JSON_TYPE = (b"content-type", b"application/json")
 _BINARY_TYPE = (b"content-type", b"application/octet-stream")
 _MILLISECONDS = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
@@ -111,18 +116,31 @@ class InferRoute:
         headers = scope_headers(scope, _WANTED)
         if self.hosts is not None:
             check_host(headers.get(_HOST), self.hosts)
-        mv = self.lane.registry.get(name, version)
-        limits = mv.config.limits
-        length = int_header(headers.get(_CONTENT_LENGTH), "content-length")
-        body = await receive_body(receive, length, limits.max_request_bytes, self.body_timeout_s)
-        req = codec.parse_infer_request(body, int_header(headers.get(_HEADER_LENGTH), codec.HEADER_LENGTH),
-                                        limits.max_elements_per_input)
-        codec.check_requested_outputs(req, mv.config)
-        result = await self.lane.infer_on(mv, req.inputs, timeout_s(headers.get(_TIMEOUT), req.parameters))
+        key = codec.routing_key(headers.get(_ROUTING_KEY) or None, ROUTING_KEY_HEADER)  # empty: no key
+        registry = self.lane.registry
+        mv = registry.get(name, version, key)
+        try:
+            limits = mv.config.limits
+            length = int_header(headers.get(_CONTENT_LENGTH), "content-length")
+            body = await receive_body(receive, length, limits.max_request_bytes, self.body_timeout_s)
+            req = codec.parse_infer_request(body, int_header(headers.get(_HEADER_LENGTH), codec.HEADER_LENGTH),
+                                            limits.max_elements_per_input)
+            if key is None and req.parameters:
+                key = codec.routing_key(req.parameters.get("routing_key"), "parameters.routing_key")
+                if key is not None and version is None:
+                    mv = registry.get(name, None, key)
+            codec.check_requested_outputs(req, mv.config)
+            result = await self.lane.infer_on(mv, req.inputs, timeout_s(headers.get(_TIMEOUT), req.parameters),
+                                              routed=version is None, key=key)
+        except InferlaneError as e:  # the answer still names the version the request went to
+            status, error_headers, error_body = error_parts(e)
+            error_headers.append((_VERSION, mv.version.encode()))
+            return status, error_headers, error_body
         out, out_header_length = codec.encode_infer_response(
             result.model.name, result.model.version, result.prediction.outputs, req)
         answer = [_JSON_TYPE if out_header_length is None else _BINARY_TYPE,
-                  (b"content-length", b"%d" % len(out)), (b"server-timing", server_timing(result))]
+                  (b"content-length", b"%d" % len(out)), (b"server-timing", server_timing(result)),
+                  (_VERSION, result.model.version.encode())]
         if out_header_length is not None:
             answer.append((_HEADER_LENGTH, str(out_header_length).encode()))
         return 200, answer, out

@@ -55,6 +55,10 @@ class RequestParameters(BaseModel):
         description="Deadline in microseconds (as Triton clients send it)")
     binary_data_output: bool | None = Field(default=None,
                                             description="Default for every output's binary_data")
+    routing_key: str | None = Field(
+        default=None, min_length=1, max_length=1024,
+        description="Sticky routing: the same key always reaches the same model version during a rollout "
+                    "(as the inferlane-routing-key header; the header wins)")
 
 
 class InferenceRequest(BaseModel):
@@ -79,7 +83,7 @@ class InferenceResponse(BaseModel):
     model_version: str
     id: str | None = None
     parameters: dict[str, Any] | None = None
-    """The request's parameters, echoed back (except ``timeout`` and ``binary_data_output``)."""
+    """The request's parameters, echoed back (except ``timeout``, ``binary_data_output`` and ``routing_key``)."""
     outputs: list[ResponseOutput]
 
 
@@ -117,6 +121,8 @@ class V1PredictRequest(BaseModel):
     instances: Annotated[list[Any], Field(min_length=1)] | SkipJsonSchema[None] = None
     inputs: dict[str, Any] | list[Any] | SkipJsonSchema[None] = None
     signature_name: str | SkipJsonSchema[None] = Field(None, description="Accepted and ignored")
+    routing_key: Annotated[str, Field(min_length=1, max_length=1024)] | SkipJsonSchema[None] = Field(
+        None, description="Sticky routing: the same key always reaches the same model version during a rollout")
 
 
 class ServerReady(BaseModel):
@@ -239,6 +245,9 @@ def _op(summary: str, ok: str, body: str | None = None, errors: tuple[str, ...] 
         parameters.append({"name": "inferlane-timeout-ms", "in": "header", "required": False,
                            "schema": {"type": "number", "minimum": 0, "maximum": 3600000},
                            "description": "Deadline for this request in milliseconds"})
+        parameters.append({"name": "inferlane-routing-key", "in": "header", "required": False,
+                           "schema": {"type": "string", "minLength": 1, "maxLength": 1024},
+                           "description": "Sticky routing: the same key always reaches the same model version"})
     if binary:
         parameters.append(_BINARY_HEADER)
         op["responses"]["200"]["content"]["application/octet-stream"] = {
@@ -293,7 +302,8 @@ def openapi_document() -> dict[str, Any]:
                  params, binary=False)
         op["responses"]["202"] = op["responses"].pop("200")
         op["responses"]["202"]["description"] = "Accepted: the job is durable; poll Location or wait for the callback"
-        op["parameters"] = [p for p in op["parameters"] if p["name"] != "inferlane-timeout-ms"] + [
+        op["parameters"] = [p for p in op["parameters"]
+                            if p["name"] not in ("inferlane-timeout-ms", "inferlane-routing-key")] + [
             {"name": "Idempotency-Key", "in": "header", "required": False,
              "schema": {"type": "string", "minLength": 1, "maxLength": 256},
              "description": "The same key returns the same job, never a second one"}]

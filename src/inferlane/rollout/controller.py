@@ -1,0 +1,361 @@
+"""The canary controller: steps a new version up window by window, and rolls it back on a breach.
+
+    controller = RolloutController(registry, open_rollout_store(None), metrics)
+    await controller.resume()                          # at start: re-apply stored routes
+    task = asyncio.create_task(controller.run())       # ticks every 0.25 s
+    await controller.start(RolloutSpec("fraud", "3", steps=(5, 25, 50, 100), window_s=60))
+    controller.status("fraud")                         # state, step, weight, the last checks
+    await controller.promote("fraud")                  # or abort("fraud")
+
+Every tick compares the canary with stable over the current window (rollout/checks.py) and rolls
+back at once on a clear breach, so a bad version is gone within about a second of the breach being
+measurable. At a window's end, with ``min_samples`` canary outcomes and every check within its
+limit, the canary steps up; after the 100% step's window it is promoted and the old version is
+unloaded ``drain_s`` later. In shadow mode the new version only gets copies of live requests: the
+controller reports agreement, PSI and latency and never promotes by itself.
+
+Every change is saved to the store and appended to the history before anything else sees it.
+:meth:`resume` applies what the store holds, at start (a restart continues at the same step with a
+fresh window) and every second from :meth:`run`, so the processes of ``serve --workers N`` (and hosts
+sharing a Redis store) route alike. Any process may step or roll back; before it does, it reads the
+store and adopts a change another process made first instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from inferlane.core.clock import Clock, MonotonicClock
+from inferlane.core.errors import Conflict, InferlaneError, InvalidInput, NotFound
+from inferlane.core.metrics import Metrics
+from inferlane.rollout.checks import compare_shadow, judge
+from inferlane.rollout.registry import ModelRegistry
+from inferlane.rollout.router import Route
+from inferlane.rollout.stats import Summary, WindowStats
+from inferlane.store.rollout import RolloutEvent, RolloutSpec, RolloutState, RolloutStatus, RolloutStore
+
+__all__ = ["RolloutController", "RolloutEvent", "RolloutSpec", "RolloutState", "RolloutStatus"]
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.25
+SYNC_S = 1.0
+"""How often :meth:`RolloutController.run` re-reads the store (other processes' changes)."""
+LANE = "online"
+
+
+def _same(a: RolloutStatus, b: RolloutStatus) -> bool:
+    """The same routing state (the window's start and the live checks are each process's own)."""
+    return (a.state, a.stable, a.canary, a.step_index, a.weight, a.spec) == \
+        (b.state, b.stable, b.canary, b.step_index, b.weight, b.spec)
+
+
+def _route_of(s: RolloutStatus) -> Route:
+    if s.state is not RolloutState.RUNNING or s.canary is None:
+        return Route(stable=s.stable)
+    if s.spec.shadow:
+        return Route(stable=s.stable, shadow=s.canary, shadow_fraction=s.spec.shadow_pct / 100.0)
+    return Route(stable=s.stable, canary=s.canary, canary_weight=s.weight)
+
+
+class RolloutController:
+    def __init__(self, registry: ModelRegistry, store: RolloutStore, metrics: Metrics,
+                 clock: Clock | None = None, *, wall: Callable[[], float] = time.time) -> None:
+        self.registry = registry
+        self.store = store
+        self.clock = clock or MonotonicClock()
+        self.wall = wall
+        self.stats = WindowStats()
+        self._status: dict[str, RolloutStatus] = {}
+        self._reference: dict[str, Summary] = {}
+        """Stable's outcomes of the first window, for a window where it serves nothing (100%)."""
+        self._starting: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._weighted: dict[str, set[str]] = {}
+        self._weight = metrics.gauge("inferlane_traffic_weight", "Share of unpinned requests routed to a version")
+        self._step = metrics.gauge("inferlane_rollout_step",
+                                   "Step of the running rollout to this version (1 = first; 0 = none running)")
+        self._events = metrics.counter("inferlane_rollout_events_total", "Rollout events by kind", ("event",))
+        registry.router.subscribe(self.stats.record)
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def status(self, model: str) -> RolloutStatus | None:
+        return self._status.get(model) or self.store.load(model)
+
+    def statuses(self) -> list[RolloutStatus]:
+        known = {s.model: s for s in self.store.load_all()}
+        known.update(self._status)
+        return [known[m] for m in sorted(known)]
+
+    def history(self, model: str, limit: int = 100) -> list[RolloutEvent]:
+        return self.store.events(model, limit)
+
+    # -- operator actions -----------------------------------------------------------------------------
+
+    async def start(self, spec: RolloutSpec) -> RolloutStatus:
+        """Load and warm ``spec.to_version``, then route its first step (or its shadow copies).
+        Conflict while a rollout of the model runs; ModelNotFound / InvalidInput from the load."""
+        m = spec.model
+        self.registry.resolve(m)  # ModelNotFound for an unknown model
+        current = self.store.load(m) or self._status.get(m)
+        if m in self._starting or (current is not None and current.state is RolloutState.RUNNING):
+            raise Conflict(f"a rollout of model {m!r} is already running; promote or abort it first")
+        stable = self.registry.router.route(m).stable
+        if spec.to_version == stable:
+            raise InvalidInput(f"to: version {spec.to_version} of model {m!r} is already the stable version")
+        self._starting.add(m)
+        try:
+            await self.registry.load_version(m, spec.to_version)
+            weight = 0.0 if spec.shadow else spec.percents[0] / 100.0
+            status = RolloutStatus(m, stable, spec.to_version, RolloutState.RUNNING, 0, weight,
+                                   self.clock.now(), spec, {}, self.wall())
+            self._apply_route(status)
+            self.stats.watch(m)
+            self._reference.pop(m, None)
+            self._commit(status, "started", {"from": stable, "to": spec.to_version,
+                                             "percent": 0.0 if spec.shadow else spec.percents[0],
+                                             "shadow_pct": spec.shadow_pct})
+        finally:
+            self._starting.discard(m)
+        return status
+
+    def _running(self, model: str) -> RolloutStatus:
+        s = self.status(model)
+        if s is None:
+            raise NotFound(f"model {model[:256]!r} has no rollout")
+        if s.state is not RolloutState.RUNNING:
+            raise Conflict(f"the rollout of model {model!r} to version {s.spec.to_version} is {s.state.value}, "
+                           "not running")
+        return s
+
+    async def promote(self, model: str) -> RolloutStatus:
+        """Send every unpinned request to the new version now; the old one is unloaded after drain_s."""
+        return self._promote(self._running(model), {"by": "operator"})
+
+    async def abort(self, model: str, reason: str = "aborted by an operator") -> RolloutStatus:
+        """Send every request back to stable and unload the new version."""
+        return self._back_to_stable(self._running(model), RolloutState.ABORTED, "aborted", {"reason": reason})
+
+    # -- the loop -------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Tick every 0.25 s and re-read the store every second, until cancelled."""
+        next_sync = self.clock.now() + SYNC_S
+        while True:
+            try:
+                self.tick()
+                if self.clock.now() >= next_sync:
+                    next_sync = self.clock.now() + SYNC_S
+                    await self.resume()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a store that cannot be read now: try again next tick
+                log.exception("rollout controller tick failed")
+            await asyncio.sleep(TICK_S)
+
+    def tick(self) -> None:
+        """Check every running rollout once (what :meth:`run` does every 0.25 s)."""
+        now = self.clock.now()
+        for status in list(self._status.values()):
+            if status.state is not RolloutState.RUNNING or status.canary is None:
+                continue
+            if status.spec.shadow:
+                self._tick_shadow(status, now)
+            else:
+                self._tick_canary(status, now)
+
+    def _stable_side(self, s: RolloutStatus) -> Summary:
+        current = self.stats.summary(s.model, s.stable)
+        ref = self._reference.get(s.model)
+        if ref is not None and current.samples < max(1, s.spec.min_samples // 5):
+            return ref
+        return current
+
+    def _tick_canary(self, s: RolloutStatus, now: float) -> None:
+        assert s.canary is not None
+        canary = self.stats.summary(s.model, s.canary)
+        elapsed = now - s.window_started_at
+        final = elapsed >= s.spec.window_s and canary.samples >= s.spec.min_samples
+        stable = self._stable_side(s)
+        verdict = judge(s.spec, canary, stable, final=final)
+        if final and not verdict.measured and stable.samples:
+            final = False  # stable is still short of samples to compare with: the window goes on
+        checks = {**verdict.checks, "step": s.step_index, "window_s": s.spec.window_s,
+                  "elapsed_s": round(elapsed, 3)}
+        s = self._status[s.model] = replace(s, last_checks=checks)
+        if verdict.breach is None and not final:
+            return
+        if not self._still_current(s):
+            return
+        if verdict.breach is not None:
+            self._back_to_stable(s, RolloutState.ROLLED_BACK, "rolled_back",
+                                 {**verdict.breach, "window_s": s.spec.window_s, "step": s.step_index,
+                                  "percent": s.weight * 100.0, "elapsed_s": round(elapsed, 3)})
+        elif s.step_index + 1 >= len(s.spec.percents):
+            self._promote(s, {"by": "controller", "checks": checks})
+        else:
+            self._step_up(s, now, checks)
+
+    def _tick_shadow(self, s: RolloutStatus, now: float) -> None:
+        assert s.canary is not None
+        checks = compare_shadow(s.spec, self.stats.summary(s.model, s.canary, shadow=True),
+                                self.stats.summary(s.model, s.stable))
+        checks["elapsed_s"] = round(now - s.window_started_at, 3)
+        s = self._status[s.model] = replace(s, last_checks=checks)
+        if now - s.window_started_at >= s.spec.window_s:  # persist the comparison once per window
+            s = self._status[s.model] = replace(s, window_started_at=now, updated_at=self.wall())
+            self.store.save(s)
+
+    # -- state changes --------------------------------------------------------------------------------
+
+    def _still_current(self, s: RolloutStatus) -> bool:
+        """False (and the stored state adopted) when another process changed the rollout first."""
+        stored = self.store.load(s.model)
+        if stored is None or _same(stored, s):
+            return True
+        log.info("model %s: another process changed the rollout (%s, step %d); following it",
+                 s.model, stored.state.value, stored.step_index)
+        self._adopt(stored, previous=s)
+        return False
+
+    def _step_up(self, s: RolloutStatus, now: float, checks: dict[str, Any]) -> RolloutStatus:
+        index = s.step_index + 1
+        percent = s.spec.percents[index]
+        stable = self.stats.summary(s.model, s.stable)
+        if s.model not in self._reference and stable.samples >= max(1, s.spec.min_samples // 5):
+            # NOTE: the first window's stable, serving nearly all traffic, is the fair comparison for
+            # the 100% step: latency depends on load, and a later window's stable serves less.
+            self._reference[s.model] = stable
+        new = replace(s, step_index=index, weight=percent / 100.0, window_started_at=now, last_checks=checks,
+                      updated_at=self.wall())
+        self._apply_route(new)
+        self.stats.reset(s.model)
+        self._commit(new, "step", {"step": index, "percent": percent, "checks": checks})
+        return new
+
+    def _promote(self, s: RolloutStatus, detail: dict[str, Any]) -> RolloutStatus:
+        assert s.canary is not None
+        old = s.stable
+        new = replace(s, stable=s.canary, canary=None, state=RolloutState.PROMOTED, weight=0.0,
+                      updated_at=self.wall())
+        self._apply_route(new)
+        self._forget(s.model)
+        self._commit(new, "promoted", {"from": old, "to": s.canary, **detail})
+        self._unload_later(s.model, old, s.spec.drain_s)
+        return new
+
+    def _back_to_stable(self, s: RolloutStatus, state: RolloutState, kind: str,
+                        detail: dict[str, Any]) -> RolloutStatus:
+        assert s.canary is not None
+        new = replace(s, canary=None, state=state, weight=0.0, updated_at=self.wall())
+        self._apply_route(new)
+        self._forget(s.model)
+        self._commit(new, kind, {"version": s.canary, **detail})
+        if kind == "rolled_back":
+            log.warning("model %s: version %s rolled back (%s)", s.model, s.canary, detail)
+        self._unload_later(s.model, s.canary, 0.0)
+        return new
+
+    def _forget(self, model: str) -> None:
+        self.stats.unwatch(model)
+        self._reference.pop(model, None)
+
+    def _commit(self, s: RolloutStatus, kind: str, detail: dict[str, Any]) -> None:
+        """Save, append the event, count it: every state change goes through here."""
+        self._status[s.model] = s
+        self.store.save(s)
+        self.store.append_event(RolloutEvent(self.wall(), s.model, kind, detail))
+        self._events.labels(s.model, s.spec.to_version, LANE, kind).inc()
+        self._set_step(s)
+
+    def _set_step(self, s: RolloutStatus) -> None:
+        running = s.state is RolloutState.RUNNING
+        self._step.labels(s.model, s.spec.to_version, LANE).set(s.step_index + 1 if running else 0)
+
+    def _apply_route(self, s: RolloutStatus) -> None:
+        route = _route_of(s)
+        self.registry.router.set_route(s.model, route)
+        weights = {route.stable: 1.0 - route.canary_weight}
+        if route.canary is not None:
+            weights[route.canary] = route.canary_weight
+        for version in self._weighted.get(s.model, set()) - weights.keys():
+            self._weight.labels(s.model, version, LANE).set(0.0)
+        for version, w in weights.items():
+            self._weight.labels(s.model, version, LANE).set(w)
+        self._weighted[s.model] = set(weights)
+
+    def _unload_later(self, model: str, version: str, after_s: float) -> None:
+        async def unload() -> None:
+            if after_s > 0:
+                await asyncio.sleep(after_s)
+            if version in self.registry.router.route(model).versions() \
+                    or version not in self.registry.versions(model):
+                return  # routed again (a new rollout) or already gone
+            try:
+                await self.registry.unload_version(model, version)
+            except InferlaneError as e:
+                log.warning("model %s: version %s not unloaded: %s", model, version, e)
+
+        task = asyncio.get_running_loop().create_task(unload())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def settle(self) -> None:
+        """Wait for the unloads already scheduled (drains included)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Cancel the scheduled unloads (at shutdown the registry closes every version anyway)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- resuming -------------------------------------------------------------------------------------
+
+    async def resume(self) -> None:
+        """Apply what the store holds: at start (a restart continues at the stored step with a fresh
+        window) and periodically (another process's changes). Versions a stored route names are
+        loaded first; a model the repository no longer has is skipped with a warning."""
+        for stored in self.store.load_all():
+            mine = self._status.get(stored.model)
+            if mine is not None and _same(mine, stored):
+                continue
+            if stored.model not in self.registry.entries:
+                log.warning("rollout state of model %s is stored but the model is not served; skipped", stored.model)
+                continue
+            try:
+                for version in _route_of(stored).versions():
+                    await self.registry.load_version(stored.model, version)
+                self._adopt(stored, previous=mine)
+            except InferlaneError as e:
+                log.error("model %s: the stored rollout cannot be applied: %s", stored.model, e)
+                continue
+            if mine is None and stored.state is RolloutState.RUNNING:
+                self.store.append_event(RolloutEvent(self.wall(), stored.model, "resumed",
+                                                     {"step": stored.step_index, "percent": stored.weight * 100.0,
+                                                      "pid": os.getpid()}))
+                self._events.labels(stored.model, stored.spec.to_version, LANE, "resumed").inc()
+
+    def _adopt(self, stored: RolloutStatus, previous: RolloutStatus | None) -> None:
+        """Take ``stored`` as this process's state: its route, a fresh window, and the unloads it implies."""
+        s = replace(stored, window_started_at=self.clock.now())
+        self._apply_route(s)
+        self._status[s.model] = s
+        self._set_step(s)
+        if s.state is RolloutState.RUNNING:
+            if previous is None or (previous.state, previous.step_index) != (s.state, s.step_index):
+                self.stats.watch(s.model)
+            return
+        self._forget(s.model)
+        if previous is not None and previous.state is RolloutState.RUNNING:
+            leaving = previous.stable if s.state is RolloutState.PROMOTED else previous.canary
+            if leaving is not None:
+                self._unload_later(s.model, leaving, s.spec.drain_s if s.state is RolloutState.PROMOTED else 0.0)
