@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -43,6 +44,8 @@ from inferlane.store.rollout import RolloutEvent, RolloutSpec, RolloutState, Rol
 __all__ = ["RolloutController", "RolloutEvent", "RolloutSpec", "RolloutState", "RolloutStatus"]
 
 log = logging.getLogger(__name__)
+SHADOW_COMPARE_EVERY_S = 1.0
+"""A shadow comparison only informs the operator: it is computed at most this often."""
 
 TICK_S = 0.25
 SYNC_S = 1.0
@@ -74,6 +77,8 @@ class RolloutController:
         self.stats = WindowStats()
         self._status: dict[str, RolloutStatus] = {}
         self._reference: dict[str, Summary] = {}
+        self._shadow_compared: dict[str, float] = {}
+        """When each shadow rollout's comparison was last computed (it only reports: once a second)."""
         """Stable's outcomes of the first window, for a window where it serves nothing (100%)."""
         self._starting: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -205,6 +210,10 @@ class RolloutController:
 
     def _tick_shadow(self, s: RolloutStatus, now: float) -> None:
         assert s.canary is not None
+        window_end = now - s.window_started_at >= s.spec.window_s
+        if not window_end and now - self._shadow_compared.get(s.model, -math.inf) < SHADOW_COMPARE_EVERY_S:
+            return
+        self._shadow_compared[s.model] = now
         checks = compare_shadow(s.spec, self.stats.summary(s.model, s.canary, shadow=True),
                                 self.stats.summary(s.model, s.stable))
         checks["elapsed_s"] = round(now - s.window_started_at, 3)

@@ -170,6 +170,8 @@ def agrees(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], rtol: float
         xa, ya = np.asarray(x), np.asarray(b[name])
         if xa.shape != ya.shape:
             return False
+        if xa.dtype == ya.dtype and xa.tobytes() == ya.tobytes():
+            continue  # bit-identical, the usual case (and ~20x cheaper than allclose on small arrays)
         if xa.dtype.kind in NUMERIC_KINDS and ya.dtype.kind in NUMERIC_KINDS:
             if not np.allclose(xa, ya, rtol=rtol, atol=0.0, equal_nan=True):
                 return False
