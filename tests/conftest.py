@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
 
 from inferlane.demo.models import write_fraud_model
-from inferlane.testing import ServerProcess, serve, serve_or_fail
+from inferlane.testing import ServerProcess, ServiceError, redis_server, serve, serve_or_fail, small_disk
 
 Server = ServerProcess  # the name the tests use for a running ``inferlane serve``
 
@@ -78,3 +80,34 @@ def _serve(repo: Path, log: Path, extra: list[str] | None = None,
 def server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """``inferlane serve`` on a free port, shared by the end-to-end tests (read-only use)."""
     yield from _serve(model_repo, tmp_path_factory.mktemp("log") / "server.log")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``redis://127.0.0.1:PORT/0`` of a throwaway redis-server shared by the session (persistence
+    off). Fails, never skips, with the install command when redis-server is not installed."""
+    yield from serve_or_fail(redis_server(tmp_path_factory.mktemp("redis")))
+
+
+def empty_store_url(request: pytest.FixtureRequest, sqlite_file: Path) -> str:
+    """For a store fixture parametrized ``["sqlite", "redis"]``: a new SQLite file, or the session's
+    Redis database flushed."""
+    if request.param == "sqlite":
+        return f"sqlite:///{sqlite_file}"  # an absolute path: sqlite:////...
+    url: str = request.getfixturevalue("redis_url")
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """``inferlane.testing.small_disk``, failing the test (never skipping) where mounting is refused."""
+    try:
+        with small_disk(path, size) as mounted:
+            yield mounted
+    except ServiceError as e:
+        pytest.fail(str(e), pytrace=False)

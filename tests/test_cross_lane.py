@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ import redis
 from inferlane.core.model import ModelVersion
 from inferlane.lanes.batch import BatchJob, run_batch
 from inferlane.lanes.stream import StreamJob, StreamSettings, run_stream
-from inferlane.testing import redis_server, serve_or_fail
 from tests.conftest import Server
 
 pytestmark = pytest.mark.e2e  # the online, V1 and jobs lanes go through the real server
@@ -43,11 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 Outputs = dict[int, tuple[int, np.ndarray]]
 """Row id → (label, probabilities as float32)."""
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from serve_or_fail(redis_server(tmp_path_factory.mktemp("cross-lane-redis")))
 
 
 def rows() -> np.ndarray:

@@ -13,20 +13,17 @@ import pytest
 
 from inferlane.lanes.batch import run_batch
 from inferlane.store.tables.files import read_manifest
-from inferlane.testing import ServiceError, grow
-from inferlane.testing import small_disk as disk
+from inferlane.testing import grow
 from tests.batch.test_batch_lane import dataset, job
+from tests.conftest import tmpfs
 
 ROWS, SHARD = 20_000, 1_000
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    try:
-        with disk(tmp_path / "disk", "1m") as mounted:
-            yield mounted
-    except ServiceError as e:
-        pytest.fail(str(e), pytrace=False)
+    with tmpfs(tmp_path / "disk", "1m") as mounted:
+        yield mounted
 
 
 def test_disk_full_fails_clearly_commits_nothing_half_written_and_resumes(model_repo: Path, small_disk: Path,

@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from inferlane.cli.jobs import render
+from inferlane.cli.client import render
 from inferlane.core.metrics import Metrics
 from inferlane.lanes.jobs import JobsLane
 from inferlane.lanes.jobs.lane import JobsSettings

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,25 +18,13 @@ from inferlane.store.rollout import (
     SqliteRolloutStore,
     open_rollout_store,
 )
-from inferlane.testing import redis_server, serve_or_fail
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from serve_or_fail(redis_server(tmp_path_factory.mktemp("redis")))
+from tests.conftest import empty_store_url
 
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'rollouts.db'}"
-    url: str = request.getfixturevalue("redis_url")
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-    return url + "/ops"
+    url = empty_store_url(request, tmp_path / "rollouts.db")
+    return url if request.param == "sqlite" else url + "/ops"
 
 
 def status(model: str = "fraud", step: int = 1, state: RolloutState = RolloutState.RUNNING) -> RolloutStatus:

@@ -12,90 +12,26 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 
-from inferlane.core.errors import ConfigError, RetriesExhausted, Unavailable
+from inferlane.cli.client import Call, print_json, server_client
+from inferlane.core.errors import ConfigError
 from inferlane.core.retry import RetryPolicy
 
 FINAL = {"succeeded", "failed", "cancelled", "expired"}
 
-CLIENT_RETRY = RetryPolicy(attempts=4, backoff_s=0.25, max_backoff_s=2.0, give_up_after_s=60.0)
-"""Each request to the server: 4 tries over about 2 s when the server is down or answers 503."""
 WAIT_POLL = RetryPolicy(backoff_s=0.05, multiplier=1.5, max_backoff_s=2.0, jitter=0.1)
 """``wait``: the growing delay between two polls of the job (only its ``delay`` is used)."""
 
-Call = Callable[..., Any]
-"""``call(method, path, **httpx_kwargs)``: the decoded JSON answer, or ConfigError."""
+
+def _client(args: argparse.Namespace) -> contextlib.AbstractContextManager[Call]:
+    """The server at ``--url``; every failure (the server unreachable, any 4xx or 5xx) is exit 2."""
+    return server_client(args.url)
 
 
-@contextlib.contextmanager
-def _client(args: argparse.Namespace) -> Iterator[Call]:
-    """A function calling the server; transient failures are retried by CLIENT_RETRY, and any
-    failure becomes a one-line error (ConfigError), not a traceback."""
-    import httpx
-
-    # The retries are the policy's business; a give-up is reported once, as one line.
-    logging.getLogger("inferlane.core.retry").setLevel(logging.ERROR)
-
-    def fail(reason: str) -> ConfigError:
-        return ConfigError(f"cannot talk to the server at {args.url}: {' '.join(reason.split())}")
-
-    with httpx.Client(base_url=args.url, timeout=httpx.Timeout(30.0, connect=5.0)) as client:
-        def call(method: str, path: str, **kwargs: Any) -> Any:
-            def once() -> Any:
-                r = client.request(method, path, **kwargs)
-                if r.status_code == 503:  # queue full or not ready: worth another try
-                    raise Unavailable(f"HTTP 503: {_error_text(r)}")
-                return r
-
-            try:
-                r = CLIENT_RETRY.call(once, what=f"{method} {path}")
-            except RetriesExhausted as e:
-                raise fail(e.message) from None
-            except httpx.HTTPError as e:  # not transient (a bad URL, a broken answer): not retried
-                raise fail(f"{type(e).__name__}: {e}") from None
-            return _check(r)
-
-        yield call
-
-
-def render(doc: Any, depth: int = 0) -> str:
-    """JSON indented by two spaces, except that a list of plain values (a tensor's data, a shape)
-    stays on one line: a job's result reads as one line per tensor, not one line per number."""
-    pad = "  " * depth
-    if isinstance(doc, dict) and doc:
-        items = [f"{pad}  {orjson.dumps(k).decode()}: {render(v, depth + 1)}" for k, v in doc.items()]
-        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
-    if isinstance(doc, list) and any(isinstance(v, (dict, list)) for v in doc):
-        return "[\n" + ",\n".join(f"{pad}  {render(v, depth + 1)}" for v in doc) + f"\n{pad}]"
-    if isinstance(doc, list):
-        return "[" + ", ".join(orjson.dumps(v).decode() for v in doc) + "]"
-    return orjson.dumps(doc).decode()
-
-
-def _print(doc: Any) -> None:
-    sys.stdout.write(render(doc) + "\n")
-
-
-def _error_text(r: Any) -> str:
-    try:
-        doc = r.json()
-    except ValueError:
-        return str(r.text)
-    return str(doc.get("error", r.text)) if isinstance(doc, dict) else str(r.text)
-
-
-def _check(r: Any) -> Any:
-    if r.status_code >= 400:
-        raise ConfigError(f"HTTP {r.status_code}: {_error_text(r)}")
-    try:
-        return r.json()
-    except ValueError:
-        raise ConfigError(f"HTTP {r.status_code}: the answer is not JSON: {r.text[:200]!r}") from None
+_print = print_json
 
 
 def submit(args: argparse.Namespace) -> int:

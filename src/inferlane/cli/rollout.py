@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from inferlane.cli.jobs import CLIENT_RETRY, render
-from inferlane.core.errors import ConfigError, InferlaneError, RetriesExhausted, Unavailable
+from inferlane.cli.client import Call, print_json, server_client
+from inferlane.core.errors import ConfigError, InferlaneError
 
 EXIT_OK, EXIT_FAILED = 0, 1
 TOKEN_ENV = "INFERLANE_ADMIN_TOKEN"
@@ -40,7 +39,6 @@ class ServerFailed(InferlaneError):
     """The server could not be reached after the retries, or failed itself (5xx): exit 1."""
 
 
-Call = Callable[..., Any]
 
 
 def duration(text: str) -> float:
@@ -60,53 +58,17 @@ def percents(text: str) -> list[float]:
                                          "such as 5,25,50,100") from None
 
 
-def _error_text(r: Any) -> str:
-    try:
-        doc = r.json()
-    except ValueError:
-        return " ".join(str(r.text).split())[:300]
-    return str(doc.get("error", r.text)) if isinstance(doc, dict) else str(r.text)
-
-
-@contextlib.contextmanager
-def _client(args: argparse.Namespace) -> Iterator[Call]:
-    """``call(method, path, json=...)``: the decoded answer; ConfigError on a 4xx (exit 2), ServerFailed
-    when the server is unreachable after CLIENT_RETRY or answers 5xx (exit 1)."""
-    import httpx
-
-    logging.getLogger("inferlane.core.retry").setLevel(logging.ERROR)  # one line at the end, not one per retry
+def _client(args: argparse.Namespace) -> contextlib.AbstractContextManager[Call]:
+    """The admin API at ``--url`` with the token: a 4xx is ConfigError (exit 2); the server
+    unreachable after CLIENT_RETRY, or a 5xx, is ServerFailed (exit 1)."""
     token = args.token or os.environ.get(TOKEN_ENV)
     if not token:
         raise ConfigError(f"the admin API needs its token: pass --token or set {TOKEN_ENV}")
-    headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=args.url, headers=headers, timeout=httpx.Timeout(300.0, connect=5.0)) as client:
-        def call(method: str, path: str, **kwargs: Any) -> Any:
-            def once() -> Any:
-                r = client.request(method, ADMIN + path, **kwargs)
-                if r.status_code == 503:  # not ready yet: worth another try
-                    raise Unavailable(f"HTTP 503: {_error_text(r)}")
-                return r
-
-            try:
-                r = CLIENT_RETRY.call(once, what=f"{method} {ADMIN}{path}")
-            except RetriesExhausted as e:
-                raise ServerFailed(f"cannot reach the admin API at {args.url}: {' '.join(e.message.split())}") from None
-            except httpx.HTTPError as e:  # a bad URL or a broken answer: not retried
-                raise ServerFailed(f"cannot talk to the server at {args.url}: {type(e).__name__}: {e}") from None
-            if 400 <= r.status_code < 500:
-                raise ConfigError(f"HTTP {r.status_code}: {_error_text(r)}")
-            if r.status_code >= 500:
-                raise ServerFailed(f"HTTP {r.status_code}: {_error_text(r)}")
-            try:
-                return r.json()
-            except ValueError:
-                raise ServerFailed(f"HTTP {r.status_code}: the answer is not JSON: {r.text[:200]!r}") from None
-
-        yield call
+    return server_client(args.url, prefix=ADMIN, headers={"Authorization": f"Bearer {token}"}, timeout_s=300.0,
+                         unreachable="cannot reach the admin API", failed=ServerFailed)
 
 
-def _print(doc: Any) -> None:
-    sys.stdout.write(render(doc) + "\n")
+_print = print_json
 
 
 def _summary(s: dict[str, Any]) -> str:

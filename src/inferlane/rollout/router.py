@@ -24,6 +24,7 @@ import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -74,9 +75,11 @@ class Route:
         return tuple(v for v in (self.stable, self.canary, self.shadow) if v is not None)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """One finished unpinned online request (or its shadow copy), reported to the listeners."""
+class Outcome(NamedTuple):
+    """One finished unpinned online request (or its shadow copy), reported to the listeners.
+
+    A named tuple, not a frozen dataclass: one is built per request on the serving path, and a
+    frozen dataclass's ``__init__`` costs several times as much."""
 
     model: str
     version: str
