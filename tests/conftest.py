@@ -12,7 +12,15 @@ import redis
 import yaml
 
 from inferlane.demo.models import write_fraud_model
-from inferlane.testing import ServerProcess, ServiceError, redis_server, serve, serve_or_fail, small_disk
+from inferlane.testing import (
+    RestartableRedis,
+    ServerProcess,
+    ServiceError,
+    redis_server,
+    serve,
+    serve_or_fail,
+    small_disk,
+)
 
 Server = ServerProcess  # the name the tests use for a running ``inferlane serve``
 
@@ -87,6 +95,20 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``redis://127.0.0.1:PORT/0`` of a throwaway redis-server shared by the session (persistence
     off). Fails, never skips, with the install command when redis-server is not installed."""
     yield from serve_or_fail(redis_server(tmp_path_factory.mktemp("redis")))
+
+
+@pytest.fixture
+def restartable_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
+    """A redis-server of this test that it may kill and start again at the same address (fault tests)."""
+    server = RestartableRedis(tmp_path / "redis")
+    try:
+        server.start()
+    except ServiceError as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def empty_store_url(request: pytest.FixtureRequest, sqlite_file: Path) -> str:

@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-LAYERS = ["core", "store", "rollout", "lanes", "transport", "server", "testing", "demo", "cli"]
+LAYERS = ["core", "store", "rollout", "lanes", "transport", "server", "testing", "demo", "deploy", "cli"]
 """Bottom to top (docs/architecture.md, "Layers"; the test harness and the demo run a server, the CLI runs the demo):
 a module may import its own layer and the layers below it."""
 

@@ -33,9 +33,13 @@ from benchmarks.rollout.rig import Cores, Rig, start_server
 from benchmarks.rollout.rollback import run_rollback
 from benchmarks.rollout.shadow import run_shadow
 from inferlane.cli.rollout import percents
-from inferlane.testing import ServiceError, WaitFailed, all_cpu_seconds, log_tail
+from inferlane.testing import ServiceError, WaitFailed, all_cpu_seconds, log_tail, summarize_py_spy
 
 log = logger("rollout-bench")
+PROFILE_PARTS = (("lanes/online.py", "online lane (incl. shadow copies)"), ("core/batcher.py", "batcher"),
+                 ("rollout/", "rollout (router, stats, drift)"), ("transport/http", "HTTP transport"),
+                 ("core/model.py", "model version"), ("prometheus_client", "metrics"), ("uvicorn", "uvicorn"),
+                 ("asyncio", "asyncio"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,14 +54,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the rollouts' p99 limit (default 2: versions 1 and 2 are the same code, and the server's tail "
                         "moves more than the default 1.3x between short windows at this load)")
     p.add_argument("--shadow", type=float, default=10.0, help="percent of requests mirrored (default 10)")
-    p.add_argument("--pairs", type=int, default=None, help="off/on pairs of shadow phases (default 3; 1 quick)")
+    p.add_argument("--pairs", type=int, default=None,
+                   help="off/on pairs of shadow phases; a mode's p99 is the median of its phases' (default 4; 1 quick)")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="py-spy the server during the first shadow on and off phases; raw stacks and summaries in DIR")
     p.add_argument("--phase", type=float, default=None, help="measured seconds per shadow phase (default 5; 2 quick)")
     p.add_argument("--server-core", type=int, default=1, help="core the server runs on (default 1)")
     p.add_argument("--client-core", type=int, default=0, help="core of the load client and this process (default 0)")
     args = p.parse_args(argv)
     args.capacity_seconds = args.capacity_seconds or (2 if args.quick else 5)
     args.window = args.window or (1.0 if args.quick else 2.0)
-    args.pairs = args.pairs or (1 if args.quick else 3)
+    args.pairs = args.pairs or (1 if args.quick else 4)
     args.phase = args.phase or (2.0 if args.quick else 5.0)
     return args
 
@@ -77,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             rig = Rig(server, Admin(server.url, cores.client_prefix), capacity.rps / 2, work, cores)
             log(f"capacity {capacity.rps:,.0f} requests/s; the load runs at {rig.rate:,.0f}/s")
             log(f"shadow: {args.pairs} pair(s) of {args.phase:g} s phases, {args.shadow:g}% mirrored")
-            shadow = run_shadow(rig, args.shadow, args.pairs, args.phase)
+            if args.profile is not None:
+                args.profile.mkdir(parents=True, exist_ok=True)
+            shadow = run_shadow(rig, args.shadow, args.pairs, args.phase, args.profile)
             log(f"promote: 1 -> 2, steps {args.steps}, window {args.window:g} s")
             promote = run_promote(rig, args.steps, args.window, args.max_p99_ratio)
             log("rollback: 2 -> 3 (fails on 20% of inputs)")
@@ -93,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows(promote, rollback, shadow)))
     print()
     print(raw_figures(capacity, rig.rate, promote, rollback, shadow))
+    if args.profile is not None:
+        for mode in ("on", "off"):
+            summary = "\n".join(summarize_py_spy(args.profile / f"shadow-{mode}.txt", components=PROFILE_PARTS))
+            (args.profile / f"shadow-{mode}-summary.txt").write_text(summary + "\n")
+            print(f"\nserver profile, shadow {mode} (py-spy, {args.profile / f'shadow-{mode}.txt'}):\n{summary}")
     print(f"\ncommand: {command_line()}")
     print(f"{source_state()}; steps {','.join(f'{s:g}' for s in args.steps)}, window {args.window:g} s, "
           f"max p99 ratio {args.max_p99_ratio:g}; server on core {cores.server}, client on core {cores.client}")

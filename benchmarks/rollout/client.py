@@ -1,6 +1,7 @@
-"""The load client: ``python -m benchmarks.rollout.client PORT RATE OUT``.
+"""The load client: ``python -m benchmarks.rollout.client PORT RATE OUT [PATH BODIES]``.
 
-Sends unpinned V2 requests for model ``m`` at RATE per second on a fixed schedule (open loop:
+Sends unpinned V2 requests for model ``m`` (or POSTs to PATH, the bodies in turn from BODIES, a file
+of one JSON body per line) at RATE per second on a fixed schedule (open loop:
 request i is due at start + i / RATE, whatever became of the earlier ones) over CONNECTIONS
 keep-alive connections, one request in flight each; a request due while every connection is busy
 waits for the first one free. It prints ``ready`` once its connections are open and starts at once;
@@ -121,12 +122,13 @@ class Connection(asyncio.Protocol):
 class Client:
     """The schedule, the queue of requests waiting for a connection, and the connections."""
 
-    def __init__(self, port: int, rate: float) -> None:
+    def __init__(self, port: int, rate: float, path: str = f"/v2/models/{MODEL}/infer",
+                 bodies: list[bytes] | None = None) -> None:
         self.port, self.rate = port, rate
-        path = f"/v2/models/{MODEL}/infer"
         self.requests = [
             (f"POST {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nContent-Type: application/json\r\n"
-             f"Content-Length: {len(body)}\r\n\r\n").encode() + body for body in request_bodies(DISTINCT_BODIES)]
+             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+            for body in bodies or request_bodies(DISTINCT_BODIES)]
         self.answers = Answers()
         self.idle: list[Connection] = []
         self.busy: set[Connection] = set()
@@ -215,7 +217,8 @@ def main(argv: list[str]) -> int:
     import uvloop  # what `inferlane serve` runs on
 
     port, rate, out = int(argv[0]), float(argv[1]), Path(argv[2])
-    client = Client(port, rate)
+    client = Client(port, rate) if len(argv) < 5 else Client(
+        port, rate, argv[3], [line for line in Path(argv[4]).read_bytes().splitlines() if line])
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         summary = runner.run(client.run())
     out.write_bytes(orjson.dumps(client.answers.__dict__))

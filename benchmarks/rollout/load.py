@@ -97,14 +97,20 @@ def measure_capacity(url: str, work: Path, seconds: int, prefix: list[str]) -> W
     if result.non_2xx or result.socket_errors:
         raise LoadBroke(f"the capacity run had {result.non_2xx} non-2xx answers and {result.socket_errors} "
                         "socket errors")
+    if not result.rps > 0:  # wrk starved of CPU, say: every scenario would run at no load at all
+        raise LoadBroke(f"the capacity run measured {result.rps} requests/s")
     return result
 
 
 @contextlib.contextmanager
-def open_loop(port: int, rate: float, out: Path, prefix: list[str]) -> Iterator[LoadRun]:
+def open_loop(port: int, rate: float, out: Path, prefix: list[str], *,
+              requests: tuple[str, Path] | None = None) -> Iterator[LoadRun]:
     """The client process sending ``rate`` requests/s from when it is ready until the block ends; then
-    ``run.answers`` holds every answer. Raises LoadBroke when the client failed or a request hung."""
-    cmd = module_command("benchmarks.rollout.client", str(port), f"{rate:.3f}", str(out), prefix=prefix)
+    ``run.answers`` holds every answer. Raises LoadBroke when the client failed or a request hung (after
+    ``run.answers`` is set). ``requests``: (the path to POST to, a file of one JSON body per line) instead
+    of the rollout model's requests."""
+    cmd = module_command("benchmarks.rollout.client", str(port), f"{rate:.3f}", str(out),
+                         *([requests[0], str(requests[1])] if requests else []), prefix=prefix)
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
     assert proc.stdin is not None and proc.stdout is not None
     run = LoadRun(rate)

@@ -45,7 +45,7 @@ def rows(promote: PromoteResult, rollback: RollbackResult, shadow: ShadowResult)
             client <= detect + CLIENT_BEYOND_DETECTION_S),
         Row("rollback: failed requests not from version 3", f"{rollback.other_failed} of {rollback.requests:,}", "0",
             rollback.other_failed == 0),
-        Row(f"shadow {shadow.percent:g}%: live p99 on / off",
+        Row(f"shadow {shadow.percent:g}%: live p99 on / off (median of {len(shadow.phases) // 2} phases each)",
             f"{shadow.p99_ms['on']:.2f} / {shadow.p99_ms['off']:.2f} ms = {shadow.ratio:.2f}x",
             f"≤ {SHADOW_P99_RATIO:g}x", shadow.ratio <= SHADOW_P99_RATIO),
         Row("shadow: failed live requests", f"{shadow.failed}", "0", shadow.failed == 0),
@@ -74,8 +74,9 @@ def raw_figures(capacity: WrkResult, rate: float, promote: PromoteResult, rollba
         f"rollback: started → rolled_back {rollback.start_to_rollback_s:.2f} s; version 3 answered "
         f"{rollback.bad_answers} requests, {rollback.bad_failed} failed; reason: {checks}",
         f"shadow: {shadow.requests.get('off', 0):,} requests measured off, {shadow.requests.get('on', 0):,} on; p50 "
-        f"off {shadow.p50_ms['off']:.2f} ms, on {shadow.p50_ms['on']:.2f} ms; per phase in order, p99 (server CPU): "
-        f"{phases}; "
+        f"off {shadow.p50_ms['off']:.2f} ms, on {shadow.p50_ms['on']:.2f} ms; pooled p99 off "
+        f"{shadow.pooled_p99_ms['off']:.2f} ms, on {shadow.pooled_p99_ms['on']:.2f} ms; per phase in order, p99 "
+        f"(server CPU): {phases}; "
         f"copies compared {shadow.compared:,} (agreement {agreement:.4f}), dropped {shadow.dropped:.0f}",
     ])
 

@@ -33,7 +33,7 @@ import pytest
 import yaml
 
 from inferlane.store.jobs import JobStatus, open_job_store
-from inferlane.testing import RestartableRedis, ServiceError, exited, log_tail, serve, wait_until
+from inferlane.testing import RestartableRedis, exited, log_tail, serve, wait_until
 from tests.conftest import Server, tmpfs
 
 pytestmark = pytest.mark.e2e
@@ -160,22 +160,9 @@ class Submitter:
                 n += 1
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RestartableRedis]:
-    server = RestartableRedis(tmp_path / "redis")
-    try:
-        server.start()
-    except ServiceError as e:
-        pytest.fail(str(e), pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_a_redis_restart_under_jobs_load_loses_nothing_and_the_server_recovers(
-        fault_repo: Path, redis_server: RestartableRedis, tmp_path: Path) -> None:
-    env = {"INFERLANE_JOBS_STORE": redis_server.url, "INFERLANE_JOBS_LEASE_S": "4",
+        fault_repo: Path, restartable_redis: RestartableRedis, tmp_path: Path) -> None:
+    env = {"INFERLANE_JOBS_STORE": restartable_redis.url, "INFERLANE_JOBS_LEASE_S": "4",
            "INFERLANE_JOBS_RETRY_BACKOFF_S": "0.1", "INFERLANE_JOBS_MAX_ATTEMPTS": "5"}
     serving = contextlib.ExitStack()  # stops the server (SIGTERM, drained) when closed
     server: Server = serving.enter_context(serve(fault_repo, log_path=tmp_path / "server.log", env=env))
@@ -193,14 +180,14 @@ def test_a_redis_restart_under_jobs_load_loses_nothing_and_the_server_recovers(
             for s in submitters:
                 s.start()
             wait_until(lambda: accepted() >= 40, "jobs are accepted", 30, abort_if=alive)
-            redis_server.kill()
+            restartable_redis.kill()
             wait_until(lambda: refused() >= 5, "submits are refused while Redis is down", 30, abort_if=alive)
             wait_until(lambda: ready(client)[0] == 503, "the server says it is not ready", 30, abort_if=alive)
             code, doc = ready(client)
             assert code == 503 and "job store" in doc.get("error", ""), doc
             assert worker_gauge(client) == 0.0
             during = accepted()
-            redis_server.start()
+            restartable_redis.start()
             wait_until(lambda: accepted() >= during + 40, "jobs are accepted again", 60, abort_if=alive)
             for s in submitters:
                 s.stop()
@@ -228,7 +215,7 @@ def test_a_redis_restart_under_jobs_load_loses_nothing_and_the_server_recovers(
         for s in submitters:
             s.stopping.set()
         serving.close()
-    store = open_job_store(redis_server.url)
+    store = open_job_store(restartable_redis.url)
     try:
         stored = store.list(limit=1_000_000)
     finally:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,8 +31,9 @@ from inferlane.core.metrics import Metrics
 from inferlane.lanes.online import OnlineLane
 from inferlane.rollout.controller import RolloutController, RolloutSpec, RolloutState
 from inferlane.rollout.registry import ModelRegistry
-from inferlane.rollout.router import Route
-from inferlane.store.rollout import SqliteRolloutStore
+from inferlane.rollout.router import Outcome, Route
+from inferlane.store.rollout import RolloutStore, SqliteRolloutStore, open_rollout_store
+from tests.conftest import empty_store_url
 
 pytestmark = pytest.mark.anyio
 
@@ -93,12 +94,14 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def rig(repo: Path, tmp_path: Path, *, fake_clock: bool = True,
-              store_path: Path | None = None) -> AsyncIterator[Rig]:
+              store_path: Path | None = None, store_url: str | None = None) -> AsyncIterator[Rig]:
+    """One server process's rollout machinery; ``store_url`` (else ``store_path``, else a new SQLite
+    file) is the rollout store, which several rigs may share."""
     metrics = Metrics()
     registry = ModelRegistry.from_repository(repo, observer_factory=metrics.batch_observer)
     await registry.load_all()
     path = store_path or tmp_path / "rollouts.db"
-    store = SqliteRolloutStore(path)
+    store: RolloutStore = open_rollout_store(store_url) if store_url else SqliteRolloutStore(path)
     clock = FakeClock() if fake_clock else None
     controller = RolloutController(registry, store, metrics, clock)
     try:
@@ -117,7 +120,7 @@ class Tally:
     """Answers whose values are not 2x + the answering version's shift."""
 
 
-async def drive(r: Rig, until: Callable[[], bool], *, every: Callable[[], None] | None = None,
+async def drive(r: Rig, until: Callable[[], bool], *, every: Callable[[], Awaitable[None]] | None = None,
                 concurrency: int = 8, limit: int = 20_000) -> Tally:
     """Send requests from ``concurrency`` loops until ``until()``; ``every`` runs after every 8th
     request. Fails when ``limit`` requests did not get there."""
@@ -142,23 +145,23 @@ async def drive(r: Rig, until: Callable[[], bool], *, every: Callable[[], None] 
                 if not np.allclose(result.prediction.outputs["y"], x * 2.0 + VERSIONS[v][1]):
                     tally.wrong += 1
             if every is not None and sent % 8 == 0:
-                every()
+                await every()
 
     await asyncio.gather(*(loop() for _ in range(concurrency)))
     return tally
 
 
-def windows(r: Rig, model: str = "m") -> Callable[[], None]:
+def windows(r: Rig, model: str = "m") -> Callable[[], Awaitable[None]]:
     """Tick the controller; once the canary has its samples, end the window by moving the clock."""
     clock = r.clock
     assert clock is not None
 
-    def step() -> None:
+    async def step() -> None:
         s = r.controller.status(model)
         if s is not None and s.state is RolloutState.RUNNING and s.canary is not None \
                 and r.controller.stats.samples(model, s.canary) >= s.spec.min_samples:
             clock.advance(s.spec.window_s)
-        r.controller.tick()
+        await r.controller.tick()
 
     return step
 
@@ -178,7 +181,10 @@ def sample(r: Rig, name: str, *labels: str) -> float | None:
 
 async def test_a_good_canary_steps_up_and_is_promoted_with_no_failed_request(repo: Path, tmp_path: Path) -> None:
     async with rig(repo, tmp_path) as r:
-        spec = RolloutSpec("m", "2", canary_pct=10, steps=(10, 50, 100), window_s=2, min_samples=50, drain_s=0.05)
+        # NOTE: latency is not this test's subject (the 3x slower version's is): with 50 samples a window's
+        # p99 is its slowest request, which a busy machine (2 shared cores) can make anything.
+        spec = RolloutSpec("m", "2", canary_pct=10, steps=(10, 50, 100), window_s=2, min_samples=50, drain_s=0.05,
+                           max_p99_ratio=10)
         started = await r.controller.start(spec)
         assert started.state is RolloutState.RUNNING and started.weight == 0.1
         assert r.registry.router.route("m") == Route("1", "2", 0.1)
@@ -282,14 +288,14 @@ async def test_shadow_mirrors_compares_and_never_promotes_by_itself(repo: Path, 
         def compared() -> bool:
             return r.controller.stats.summary("m", "5", shadow=True).compared >= 60
 
-        def tick() -> None:
+        async def tick() -> None:
             clock.advance(1.0)
-            r.controller.tick()
+            await r.controller.tick()
 
         tally = await drive(r, compared, every=tick)
         await r.lane.drain_shadows()
         clock.advance(spec.window_s)
-        r.controller.tick()
+        await r.controller.tick()
         status = r.controller.status("m")
         stored = r.controller.store.load("m")
     assert tally.answered.keys() == {"1"} and tally.failed == Counter() and tally.wrong == 0  # answers untouched
@@ -316,7 +322,7 @@ async def test_a_restart_resumes_the_same_step_with_a_fresh_window(repo: Path, t
     assert before is not None and before.weight == 0.5 and before.state is RolloutState.RUNNING
     async with rig(repo, tmp_path, store_path=store_path) as second:  # a new process: default routes
         assert second.registry.router.route("m") == Route("1")
-        await second.controller.resume()
+        await second.controller.resume_at_start()
         after = second.controller.status("m")
         route = second.registry.router.route("m")
         assert after is not None and (after.step_index, after.weight, after.state) == (1, 0.5, RolloutState.RUNNING)
@@ -335,3 +341,48 @@ async def test_a_restart_resumes_the_same_step_with_a_fresh_window(repo: Path, t
         followed = second.controller.status("m")
         assert followed is not None and followed.state is RolloutState.ABORTED
         assert "2" not in second.registry.versions("m")
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def shared_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return empty_store_url(request, tmp_path / "shared.db")
+
+
+def window_of(r: Rig, n: int = 60) -> None:
+    """``n`` good outcomes of each version (alike in latency and outputs), then the window's end."""
+    rng = np.random.default_rng(n)
+    for version in ("1", "2"):
+        for _ in range(n):
+            y = rng.normal(size=(1, 4)).astype(np.float32)
+            r.controller.stats.record(Outcome("m", version, True, 0.005 + rng.random() * 1e-3, {"y": y}))
+    assert r.clock is not None
+    r.clock.advance(2.0)
+
+
+async def test_two_controllers_deciding_the_same_window_step_and_promote_once(
+        repo: Path, tmp_path: Path, shared_store_url: str) -> None:
+    """Two processes' controllers on one store both see a passing window and decide to step up (then
+    to promote): the first save wins, the other adopts it; one event each, one route everywhere."""
+    async with rig(repo, tmp_path, store_url=shared_store_url) as a, \
+            rig(repo, tmp_path, store_url=shared_store_url) as b:
+        spec = RolloutSpec("m", "2", canary_pct=10, steps=(10, 100), window_s=2, min_samples=50, drain_s=0)
+        await a.controller.start(spec)
+        await b.controller.resume()  # the second process follows the start
+        for first, second in ((a, b), (b, a)):  # each wins once
+            window_of(first)
+            window_of(second)
+            await first.controller.tick()
+            await second.controller.tick()  # decided on the same window: its save loses, it follows
+        await a.controller.settle()
+        await b.controller.settle()
+        history = a.controller.history("m")
+        routes = [r.registry.router.route("m") for r in (a, b)]
+        statuses = [r.controller.status("m") for r in (a, b)]
+        counted = {kind: sum(sample(r, "inferlane_rollout_events_total", "m", "2", "online", kind) or 0.0
+                             for r in (a, b)) for kind in ("step", "promoted")}
+        loaded = [r.registry.versions("m") for r in (a, b)]
+    assert [e.kind for e in history] == ["started", "step", "promoted"]
+    assert routes == [Route("2"), Route("2")]
+    assert all(s is not None and (s.state, s.stable, s.revision) == (RolloutState.PROMOTED, "2", 3) for s in statuses)
+    assert counted == {"step": 1.0, "promoted": 1.0}
+    assert all("1" not in v and "2" in v for v in loaded)  # both unloaded the old version (one because it followed)

@@ -234,9 +234,20 @@ def test_a_restart_mid_rollout_resumes_the_step_and_two_workers_route_a_key_alik
                 assert r.status_code == 200, r.text
                 return str(r.headers["inferlane-model-version"])
 
-            # Each worker applies the stored rollout on start or within a second of it.
-            wait_until(lambda: all(answered(k) == expected[k] for k in keys), "both workers route every key")
-            seen = {k: {answered(k) for _ in range(5)} for k in keys}
+            def answer(key: str) -> str:
+                """The version answering ``key``, once a worker that is ready answers it."""
+                answers: list[str | None] = []
+
+                def ready_answer() -> bool:
+                    answers.append(answered(key))
+                    return answers[-1] is not None
+
+                wait_until(ready_answer, f"a ready worker answers {key}")
+                return str(answers[-1])
+
+            # A worker refuses unpinned requests until it applied the stored rollout; then it routes
+            # every key as the rollout says, whichever worker answers.
+            seen = {k: {answer(k) for _ in range(5)} for k in keys}
         assert seen == {k: {v} for k, v in expected.items()}
 
 

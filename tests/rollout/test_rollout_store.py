@@ -1,7 +1,15 @@
-"""The rollout store against a real SQLite file and a real redis-server: one suite, every backend."""
+"""The rollout store against a real SQLite file and a real redis-server: one suite, every backend.
+
+Saves are compare-and-set on the status's revision: the test of concurrent writers runs threads, each
+with its own connection, that keep stepping one shared rollout; every step is saved, and its event
+appended, exactly once.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +24,7 @@ from inferlane.store.rollout import (
     RolloutStatus,
     RolloutStore,
     SqliteRolloutStore,
+    VersionOrder,
     open_rollout_store,
 )
 from tests.conftest import empty_store_url
@@ -27,20 +36,21 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url if request.param == "sqlite" else url + "/ops"
 
 
-def status(model: str = "fraud", step: int = 1, state: RolloutState = RolloutState.RUNNING) -> RolloutStatus:
+def status(model: str = "fraud", step: int = 1, state: RolloutState = RolloutState.RUNNING,
+           revision: int = 1) -> RolloutStatus:
     spec = RolloutSpec(model, "3", canary_pct=5, steps=(5, 25, 50, 100), window_s=2, min_samples=50, shadow_pct=0)
     return RolloutStatus(model, "2", "3", state, step, 0.25, 12.5, spec,
-                         {"psi": {"y": {"psi": 0.01}}, "canary": {"p99_s": None}}, 1_700_000_000.25)
+                         {"psi": {"y": {"psi": 0.01}}, "canary": {"p99_s": None}}, 1_700_000_000.25, revision)
 
 
 def test_statuses_round_trip_and_replace(store_url: str) -> None:
     store: RolloutStore = open_rollout_store(store_url)
     try:
         assert store.load("fraud") is None and store.load_all() == []
-        store.save(status())
-        store.save(status("other"))
-        later = status(step=2)
-        store.save(later)
+        assert store.save(status())
+        assert store.save(status("other"))
+        later = status(step=2, revision=2)
+        assert store.save(later)
         assert store.load("fraud") == later
         assert [s.model for s in store.load_all()] == ["fraud", "other"]
         loaded = store.load("fraud")
@@ -73,6 +83,83 @@ def test_events_come_back_oldest_first_per_model(store_url: str) -> None:
         store.close()
 
 
+def test_a_save_is_compare_and_set_on_the_revision(store_url: str) -> None:
+    store = open_rollout_store(store_url)
+    try:
+        assert not store.save(status(revision=2))  # revision 2 needs revision 1 stored; none is
+        assert store.save(status(), RolloutEvent(1.0, "fraud", "started", {}))
+        assert not store.save(status(step=2), RolloutEvent(2.0, "fraud", "step", {"step": 2}))  # a second rev. 1
+        assert not store.save(status(step=2, revision=3), RolloutEvent(2.0, "fraud", "step", {"step": 2}))
+        assert store.load("fraud") == status()
+        assert [e.kind for e in store.events("fraud")] == ["started"]  # a refused save appends nothing
+        assert store.save(status(step=2, revision=2), RolloutEvent(3.0, "fraud", "step", {"step": 2}))
+        assert [e.kind for e in store.events("fraud")] == ["started", "step"]
+        assert store.load("fraud") == status(step=2, revision=2)
+    finally:
+        store.close()
+
+
+def test_concurrent_writers_never_save_one_decision_twice(store_url: str) -> None:
+    """Six writers, each with its own connection, race to step one rollout from step 0 to 60: each
+    reads the status, decides the next step, and saves; a writer told False reads again."""
+    first = open_rollout_store(store_url)
+    first.save(status(step=0))
+    last_step, writers = 60, 6
+    won: Counter[int] = Counter()
+    lost: Counter[int] = Counter()
+    errors: list[BaseException] = []
+    go = threading.Barrier(writers)
+
+    def writer(n: int) -> None:
+        store = open_rollout_store(store_url)
+        try:
+            go.wait()
+            while True:
+                s = store.load("fraud")
+                assert s is not None
+                if s.step_index >= last_step:
+                    return
+                step = s.step_index + 1
+                if store.save(replace(s, step_index=step, revision=s.revision + 1),
+                              RolloutEvent(float(step), "fraud", "step", {"step": step, "by": n})):
+                    won[n] += 1
+                else:
+                    lost[n] += 1
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert not errors, errors
+        final = first.load("fraud")
+        steps = [e.detail["step"] for e in first.events("fraud", 1000)]
+    finally:
+        first.close()
+    assert final is not None and (final.step_index, final.revision) == (last_step, last_step + 1)
+    assert steps == list(range(1, last_step + 1))  # every step once, in order: none twice, none lost
+    assert sum(won.values()) == last_step
+    assert sum(lost.values()) > 0, "the writers never raced: the test proves nothing"
+
+
+def test_version_orders_keep_the_latest_per_version(store_url: str) -> None:
+    store = open_rollout_store(store_url)
+    try:
+        assert store.orders() == []
+        store.put_order(VersionOrder("fraud", "3", loaded=True, id="a", at=1.0))
+        store.put_order(VersionOrder("fraud", "2", loaded=False, id="b", at=2.0, drain_timeout_s=5.0))
+        store.put_order(VersionOrder("fraud", "3", loaded=False, id="c", at=3.0))
+        assert store.orders() == [VersionOrder("fraud", "2", loaded=False, id="b", at=2.0, drain_timeout_s=5.0),
+                                  VersionOrder("fraud", "3", loaded=False, id="c", at=3.0)]
+    finally:
+        store.close()
+
+
 def test_redis_keys_live_under_the_prefix(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
@@ -80,8 +167,9 @@ def test_redis_keys_live_under_the_prefix(redis_url: str) -> None:
     try:
         store.save(status())
         store.append_event(RolloutEvent(1.0, "fraud", "started", {}))
+        store.put_order(VersionOrder("fraud", "3", loaded=True, id="a", at=1.0))
         keys = sorted(k.decode() if isinstance(k, bytes) else k for k in client.keys("*"))
-        assert keys == ["ops:rollout-events:fraud", "ops:rollout:fraud", "ops:rollouts"]
+        assert keys == ["ops:rollout-events:fraud", "ops:rollout:fraud", "ops:rollouts", "ops:version-orders"]
     finally:
         store.close()
         client.close()

@@ -390,6 +390,8 @@ def test_dead_letters_carry_error_stage_source_offset_key_and_payload(tmp_path: 
     assert decoded.index == [3]
     letters = [DeadLetter(events[i], "decode", reason) for i, reason in decoded.rejects]
     letters.append(DeadLetter(events[3], "score", "RuntimeError: the model failed"))
+    # Following a rollout, a score failure names the version that failed (here the canary, 2).
+    letters.append(DeadLetter(events[3], "score", "RuntimeError: the canary failed", "2"))
     path = tmp_path / "dlq" / "dead-letters.jsonl"
     dlq = DeadLetters(JsonlWriter(path), "fraud", "1")
     before_ms = int(time.time() * 1000)
@@ -398,7 +400,10 @@ def test_dead_letters_carry_error_stage_source_offset_key_and_payload(tmp_path: 
     finally:
         dlq.close()
     recs = read_jsonl(path)
-    assert len(recs) == 4
+    assert len(recs) == 5
+    canary = recs.pop()
+    assert (canary["stage"], canary["model_version"]) == ("score", "2")
+    assert canary["error"] == "RuntimeError: the canary failed"
     for rec in recs:
         assert rec["model_name"] == "fraud"
         assert rec["model_version"] == "1"

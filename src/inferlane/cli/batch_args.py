@@ -7,6 +7,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from inferlane.cli.rollout import duration
 from inferlane.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -35,10 +36,13 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-format", choices=["parquet", "csv", "jsonl"],
                    help="force the input format (default: from the file suffix)")
     p.add_argument("--output", required=True,
-                   help="output folder (Parquet by default), sqlite:///file.db or postgresql://user@host/db")
+                   help="output folder (Parquet by default), sqlite:///file.db, postgresql://user@host/db, or a "
+                        "key-value store for hybrid serving: store://NAME or redis://host:port/0?prefix=NAME")
     p.add_argument("--format", dest="output_format", default="parquet", choices=["parquet", "csv", "jsonl"],
                    help="file format of an output folder (default parquet)")
     p.add_argument("--table", help="table for database outputs (default predictions)")
+    p.add_argument("--ttl", type=duration, metavar="DURATION",
+                   help="a key-value store output's time to live, e.g. 24h or 90m (default: kept until overwritten)")
     p.add_argument("--key", required=True, help="key column(s), comma-separated")
     p.add_argument("--columns", action="append", default=[], metavar="INPUT=COLS",
                    help="columns feeding a model input, e.g. features=f0,f1 or features=f_* "
@@ -54,8 +58,8 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint-url", help="object-store endpoint for s3:// (e.g. http://127.0.0.1:9000)")
     p.add_argument("--rejects-dir", help="where database outputs put rejects (default: next to a SQLite file, "
                                          "else under --state-dir)")
-    p.add_argument("--state-dir", help="folder for a PostgreSQL output's report and rejects (default "
-                                       "$INFERLANE_STATE_DIR, else .inferlane in the current directory)")
+    p.add_argument("--state-dir", help="folder for a PostgreSQL or key-value store output's report and rejects "
+                                       "(default $INFERLANE_STATE_DIR, else .inferlane in the current directory)")
     p.add_argument("--overwrite", action="store_true",
                    help="clear an output folder that holds only another inferlane job's output")
     p.add_argument("--limit", type=int, metavar="N", help="score only the first N rows (e.g. to try a job)")
@@ -73,7 +77,7 @@ def job_from_args(args: argparse.Namespace, job_id: str) -> BatchJob:
         engine=args.engine, batch_size=args.batch_size, shard_rows=args.shard_rows, threads=args.threads,
         max_reject_ratio=args.max_reject_ratio, retries=args.retries, cost_per_hour=args.cost_per_hour,
         endpoint_url=args.endpoint_url, overwrite=args.overwrite, rejects_dir=args.rejects_dir,
-        state_dir=args.state_dir, limit=args.limit,
+        state_dir=args.state_dir, limit=args.limit, ttl_s=getattr(args, "ttl", None),
         progress=not args.quiet and sys.stderr.isatty(), ray_actors=args.ray_actors,
         metrics_port=getattr(args, "job_metrics_port", None), pushgateway=getattr(args, "pushgateway", None))
 

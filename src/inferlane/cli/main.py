@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from inferlane import __version__
 from inferlane.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from inferlane.server.settings import ServerSettings
+    from inferlane.server.supervisor import ReplicaRange
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -17,17 +23,49 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def _serve(args: argparse.Namespace) -> int:
     from inferlane.core.repository import scan_repository
     from inferlane.server.app import run
-    from inferlane.server.settings import ServerSettings
+    from inferlane.server.settings import SAGEMAKER_ON, ServerSettings
 
-    if args.repository is None and not os.environ.get("INFERLANE_MODEL_REPOSITORY"):
+    sagemaker = args.sagemaker or None
+    if args.repository is None and not os.environ.get("INFERLANE_MODEL_REPOSITORY") and not (
+            sagemaker or os.environ.get("INFERLANE_SAGEMAKER", "").lower() in SAGEMAKER_ON):
         raise ConfigError("serve needs a model repository: give its folder (inferlane serve models/) "
                           "or set INFERLANE_MODEL_REPOSITORY")
-    settings = ServerSettings.from_env(model_repository=args.repository, host=args.host,
+    replicas = None
+    if args.replicas is not None:
+        from inferlane.server.supervisor import ReplicaRange
+
+        replicas = ReplicaRange.parse(args.replicas)  # a usage error before anything else
+        if args.workers is not None:
+            raise ConfigError("--replicas and --workers are exclusive: --replicas MIN..MAX runs and scales whole "
+                              "server processes itself; --workers N runs a fixed number under uvicorn")
+    settings = ServerSettings.from_env(model_repository=args.repository, host=args.host, target_queue=args.target_queue,
                                        port=args.port, workers=args.workers, log_level=args.log_level,
-                                       watch=args.watch or None)
+                                       watch=args.watch or None, grpc_port=args.grpc_port,
+                                       ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+                                       sagemaker=sagemaker, sagemaker_model=args.sagemaker_model)
     scan_repository(settings.model_repository)  # fail fast, with the field at fault, before binding
+    if replicas is not None:
+        return _supervise(settings, replicas, args)
     run(settings)
     return EXIT_OK
+
+
+def _supervise(settings: ServerSettings, replicas: ReplicaRange, args: argparse.Namespace) -> int:
+    from inferlane.server.supervisor import Supervisor
+
+    down = args.scale_down_window if args.scale_down_window is not None else 6 * args.scale_window
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return Supervisor(settings, replicas, args.scale_window, down).run()
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 86_400:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 86400 seconds")
+    return value
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -82,19 +120,45 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default=None, help="listen address (default 127.0.0.1, loopback only)")
     s.add_argument("--port", type=int, default=None, help="TCP port (default 8000)")
     s.add_argument("--workers", type=int, default=None, help="server processes (default 1)")
+    s.add_argument("--replicas", default=None, metavar="MIN..MAX",
+                   help="run MIN to MAX server processes on the port and scale them on queue depth "
+                        "(docs/scaling.md); not with --workers")
+    s.add_argument("--target-queue", type=int, default=None, metavar="N",
+                   help="load (requests waiting + batches running) one replica should carry: the divisor of "
+                        "inferlane_desired_replicas and the --replicas scale-up threshold "
+                        "(INFERLANE_TARGET_QUEUE; default 20)")
+    s.add_argument("--scale-window", type=_seconds, default=10.0, metavar="SECONDS",
+                   help="--replicas: add one when the load stays above target for this long (default 10)")
+    s.add_argument("--scale-down-window", type=_seconds, default=None, metavar="SECONDS",
+                   help="--replicas: remove one when the load fits one replica fewer for this long "
+                        "(default 6 x --scale-window)")
     s.add_argument("--log-level", default=None,
                    choices=["critical", "error", "warning", "info", "debug"], help="default info")
     s.add_argument("--watch", action="store_true",
                    help="hot-load new version folders of the repository while serving, without traffic "
                         "(INFERLANE_WATCH)")
+    s.add_argument("--grpc-port", type=int, default=None,
+                   help="also serve the V2 protocol over gRPC on this port (INFERLANE_GRPC_PORT; default 0: off; "
+                        "Triton's is 8001)")
+    s.add_argument("--ssl-certfile", type=Path, default=None,
+                   help="PEM certificate: TLS on the HTTP and gRPC ports (INFERLANE_SSL_CERTFILE)")
+    s.add_argument("--ssl-keyfile", type=Path, default=None,
+                   help="PEM private key of --ssl-certfile (INFERLANE_SSL_KEYFILE)")
+    s.add_argument("--sagemaker", action="store_true",
+                   help="the SageMaker contract: GET /ping, POST /invocations (JSON or CSV); defaults host 0.0.0.0, "
+                        "port 8080, repository /opt/ml/model (INFERLANE_SAGEMAKER)")
+    s.add_argument("--sagemaker-model", default=None,
+                   help="the model /invocations serves when the repository has several (SAGEMAKER_INFERLANE_MODEL)")
     s.set_defaults(func=_serve)
 
-    from inferlane.cli import batch, jobs, rollout, stream
+    from inferlane.cli import batch, deploy, features, jobs, rollout, stream
 
     batch.add_parser(sub)
     jobs.add_parser(sub)
     stream.add_parser(sub)
     rollout.add_parser(sub)
+    features.add_parser(sub)
+    deploy.add_parser(sub)
 
     m = sub.add_parser("models", help="model repository tools")
     msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -116,7 +180,7 @@ def _extra(e: ImportError) -> str:
     name = (e.name or "").split(".")[0]
     return {"pyarrow": "batch", "tqdm": "batch", "psycopg": "batch", "croniter": "batch",
             "ray": "ray", "confluent_kafka": "stream", "redis": "redis", "sklearn": "sklearn",
-            "skops": "sklearn", "skl2onnx": "sklearn"}.get(name, "all")
+            "skops": "sklearn", "skl2onnx": "sklearn", "grpc": "grpc"}.get(name, "all")
 
 
 def main(argv: list[str] | None = None) -> int:

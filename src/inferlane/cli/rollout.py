@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from typing import Any
 import orjson
 
 from inferlane.cli.client import Call, print_json, server_client
+from inferlane.core.duration import parse_duration
 from inferlane.core.errors import ConfigError, InferlaneError
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -31,8 +31,6 @@ TOKEN_ENV = "INFERLANE_ADMIN_TOKEN"
 DEFAULT_URL = "http://127.0.0.1:8000"
 ADMIN = "/v2/admin"
 
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 class ServerFailed(InferlaneError):
@@ -42,11 +40,11 @@ class ServerFailed(InferlaneError):
 
 
 def duration(text: str) -> float:
-    """``60s``, ``500ms``, ``2m``, ``1h`` or plain seconds."""
-    m = _DURATION.fullmatch(text.strip())
-    if m is None or float(m.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 60s, 500ms or 2m")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+    """``60s``, ``500ms``, ``2m``, ``1h`` or plain seconds (core/duration.py)."""
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def percents(text: str) -> list[float]:
@@ -259,9 +257,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def add_model_actions(msub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``inferlane models load|unload MODEL VERSION`` (hot load while serving), ``inferlane models drift MODEL``."""
     load_help = ("hot-load and warm a version on a running server (it gets no traffic until a route or a "
-                 "rollout names it)")
+                 "rollout names it); every process sharing its rollout store follows within a second or two")
     unload_help = ("unload a version from a running server after its queued and in-flight requests finish "
-                   "(refused while a route names it)")
+                   "(refused while a route names it); every process sharing its rollout store follows")
     ld = msub.add_parser("load", help=load_help, description=load_help, epilog=EPILOG)
     un = msub.add_parser("unload", help=unload_help, description=unload_help, epilog=EPILOG)
     for p, func in ((ld, load), (un, unload)):

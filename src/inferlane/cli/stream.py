@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from inferlane.cli.batch_args import parse_columns
+from inferlane.cli.rollout import duration
 from inferlane.core.errors import ConfigError
 from inferlane.core.urls import redact_text
 
@@ -21,9 +22,14 @@ micro-batches, write each output keyed by <key>@<model version>, and commit offs
 after the sink acknowledged the outputs. Malformed or unscorable events go to --dlq with their
 error. Run more instances with the same --group to share the partitions.
 
+Versions: without --version the lane follows the model's route in the server's rollout store
+(--rollout-store): each event is scored on the version the server would choose for its --key, and a
+promotion or rollback reaches the lane within about a second. --version pins one version.
+
 Sources:  kafka://host:port/topic   redis://host:port[/db]/stream[?field=data]
 Sinks:    kafka://host:port/topic   redis://host:port/stream   a folder (Parquet)
           sqlite:///file.db   postgresql://user@host/db   (--table, default predictions)
+          store://NAME   redis://host:port/db?prefix=NAME   (a key-value store for the hybrid lane, --ttl)
 Dead letters: kafka://...  redis://...  or a .jsonl file
 """
 
@@ -49,9 +55,9 @@ def run(args: argparse.Namespace) -> int:
                               dead_letter_window=args.dead_letter_window, max_deliveries=args.max_deliveries)
     job = StreamJob(model=args.model, version=args.version, source=args.source, group=args.group, sink=args.sink,
                     dlq=args.dlq, key=args.key, columns=parse_columns(args.columns, globs=False), table=args.table,
-                    settings=settings, start=args.start, consumer=args.consumer, claim_idle_ms=args.claim_idle_ms,
-                    threads=args.threads, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
-                    state_dir=args.state_dir)
+                    ttl_s=args.ttl, settings=settings, start=args.start, consumer=args.consumer,
+                    claim_idle_ms=args.claim_idle_ms, threads=args.threads, metrics_port=args.metrics_port,
+                    metrics_host=args.metrics_host, state_dir=args.state_dir, rollout_store=args.rollout_store)
     try:
         report = run_stream(job, stop, on_start=lambda line: print(line, file=sys.stderr, flush=True))
     except ConfigError:
@@ -83,7 +89,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     r = ssub.add_parser("run", help="consume, score, write, commit; until SIGTERM", description=DESCRIPTION,
                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--model", required=True, help="model folder (<repo>/<name>, with model.yaml)")
-    r.add_argument("--version", help="model version (default: the model's default version)")
+    r.add_argument("--version", help="score every event with this model version (default: follow the model's "
+                                     "route in the rollout store, as the server routes)")
+    r.add_argument("--rollout-store", help="the server's rollout store, whose route is followed without --version: "
+                                           "sqlite:///path.db or redis://host:port/db[/prefix] (default "
+                                           "$INFERLANE_ROLLOUT_STORE, else rollouts.db in the state folder)")
     r.add_argument("--source", required=True, help="kafka://host:port/topic or redis://host:port/stream")
     r.add_argument("--group", required=True, help="consumer group; instances in one group share the work")
     r.add_argument("--sink", required=True, help="kafka://, redis://, a folder, sqlite:///file.db or postgresql://")
@@ -97,6 +107,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="event fields feeding a model input, e.g. features=amount,age,hour "
                         "(default: a field named like the input)")
     r.add_argument("--table", help="table for database sinks (default predictions)")
+    r.add_argument("--ttl", type=duration, metavar="DURATION",
+                   help="key-value store sinks: the written values expire after this long, e.g. 2h")
     r.add_argument("--max-batch", type=_positive(int), default=512, help="events per micro-batch (default 512)")
     r.add_argument("--max-wait-ms", type=_positive(float), default=50.0,
                    help="close a micro-batch this long after its first event (default 50)")

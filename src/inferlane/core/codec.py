@@ -23,7 +23,7 @@ from inferlane.core.inputs.values import ValueProblem, from_buffer, from_json, i
 from inferlane.core.spec import ModelConfig
 
 HEADER_LENGTH = "inference-header-content-length"
-RESERVED_PARAMETERS = frozenset({"timeout", "binary_data_output", "routing_key"})
+RESERVED_PARAMETERS = frozenset({"timeout", "binary_data_output", "routing_key", "key"})
 """Request parameters the protocol consumes; every other request parameter is echoed back."""
 MAX_ROUTING_KEY = 1024
 """Longest routing key (which user, say, so that one key always reaches one model version)."""
@@ -49,6 +49,15 @@ class InferRequest:
     binary_default: bool = False
 
 
+def json_body(body: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object; InvalidInput (400) otherwise."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput(f"body is not valid JSON: {e}") from None
+    return _obj(doc, "the body")
+
+
 def _obj(v: Any, where: str) -> dict[str, Any]:
     if not isinstance(v, dict):
         raise InvalidInput(f"{where} must be a JSON object")
@@ -67,6 +76,36 @@ def _decode_bytes_elements(raw: bytes, where: str) -> list[bytes]:
         out.append(raw[pos:pos + n])
         pos += n
     return out
+
+
+def decode_raw(raw: bytes | memoryview, datatype: str, shape: list[int], count: int, name: str,
+               size_field: str = "raw contents") -> np.ndarray:
+    """One tensor in the raw encoding shared by the V2 binary extension and gRPC's
+    ``raw_input_contents``: little-endian elements without padding, BYTES elements each prefixed by
+    its length (4 bytes, little-endian). ``count`` is the element count of ``shape``; InvalidInput
+    when the size does not match it or a value breaks the rules (core/inputs/values.py)."""
+    where = f"input {name!r}"
+    if datatype == "BYTES":
+        elems = _decode_bytes_elements(bytes(raw), where)
+        if len(elems) != count:
+            raise InvalidInput(f"{where}: {len(elems)} BYTES elements for shape {shape}")
+        arr = np.empty(count, dtype=object)
+        arr[:] = elems
+        return arr.reshape(shape)
+    itemsize = to_numpy(datatype).itemsize
+    if len(raw) != count * itemsize:
+        raise InvalidInput(f"{where}: {size_field} {len(raw)} is not {count} x {itemsize} bytes for shape {shape}")
+    try:
+        return from_buffer(raw, datatype).reshape(shape)
+    except ValueProblem as e:
+        raise invalid(name, e) from None
+
+
+def encode_raw(arr: np.ndarray) -> bytes:
+    """An output tensor in the raw encoding (see :func:`decode_raw`)."""
+    if arr.dtype == object:
+        return _encode_bytes_elements(arr)
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
 
 
 MAX_NAME_LENGTH = 256
@@ -133,6 +172,12 @@ def _shape(shape: Any, where: str, max_elements: int) -> tuple[list[int], int]:
     return dims, count
 
 
+def tensor_shape(shape: Any, where: str, max_elements: int) -> tuple[list[int], int]:
+    """A tensor's claimed shape and element count, for any transport: InvalidInput for a malformed
+    shape, PayloadTooLarge (413) past ``max_elements``, both before anything is allocated."""
+    return _shape(shape, where, max_elements)
+
+
 def _values(data: Any, datatype: str, name: str) -> np.ndarray:
     """JSON tensor data as ``datatype`` under the one set of value rules (core/inputs/values.py)."""
     try:
@@ -151,7 +196,6 @@ def _tensor_from_json(t: dict[str, Any], i: int, max_elements: int, binary: memo
     if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InvalidInput(f"{where}: datatype must be one of {', '.join(DATATYPES)}")
     shape, count = _shape(t.get("shape"), where, max_elements)
-    dt = to_numpy(datatype)
     raw_params = t.get("parameters")
     size = None if raw_params is None else _params(raw_params, f"{where}: parameters").get("binary_data_size")
     if size is not None:
@@ -168,21 +212,7 @@ def _tensor_from_json(t: dict[str, Any], i: int, max_elements: int, binary: memo
                                f"({len(binary) - offset} binary bytes left)")
         raw = binary[offset:offset + size]
         offset += size
-        if datatype == "BYTES":
-            elems = _decode_bytes_elements(bytes(raw), where)
-            if len(elems) != count:
-                raise InvalidInput(f"{where}: {len(elems)} BYTES elements for shape {shape}")
-            arr = np.empty(count, dtype=object)
-            arr[:] = elems
-        else:
-            if size != count * dt.itemsize:
-                raise InvalidInput(f"{where}: binary_data_size {size} is not {count} x "
-                                   f"{dt.itemsize} bytes for shape {shape}")
-            try:
-                arr = from_buffer(raw, datatype)
-            except ValueProblem as e:
-                raise invalid(name, e) from None
-        return name, arr.reshape(shape), offset
+        return name, decode_raw(raw, datatype, shape, count, name, "binary_data_size"), offset
     if "data" not in t:
         raise InvalidInput(f"{where}: missing 'data' (or parameters.binary_data_size)")
     data = t["data"]
@@ -202,11 +232,7 @@ def parse_infer_request(body: bytes, header_length: int | None, max_elements: in
             raise InvalidInput(f"{HEADER_LENGTH} {header_length} is outside the body")
         binary = memoryview(body)[header_length:]
         body = body[:header_length]
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise InvalidInput(f"body is not valid JSON: {e}") from None
-    doc = _obj(doc, "the body")
+    doc = json_body(body)
     rid = doc.get("id")
     if rid is not None and not isinstance(rid, str):
         raise InvalidInput("id must be a string")
@@ -214,7 +240,9 @@ def parse_infer_request(body: bytes, header_length: int | None, max_elements: in
     if params:
         _check_depth(params, "parameters")
     raw_inputs = doc.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
+    if raw_inputs in (None, []) and "key" in params:
+        raw_inputs = []  # answered by key from precomputed answers (lanes/online/hybrid.py)
+    elif not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("inputs must be a non-empty list of tensors")
     inputs: dict[str, np.ndarray] = {}
     offset = 0
@@ -263,8 +291,9 @@ def _json_data(arr: np.ndarray) -> Any:
 
 
 def encode_infer_response(model: str, version: str, outputs: Mapping[str, np.ndarray],
-                          req: InferRequest) -> tuple[bytes, int | None]:
-    """Response body and, when any output is binary, the JSON header length."""
+                          req: InferRequest, parameters: Mapping[str, Any] | None = None) -> tuple[bytes, int | None]:
+    """Response body and, when any output is binary, the JSON header length. ``parameters``: the
+    server's own response parameters (beside the echoed request parameters)."""
     wanted = req.binary_outputs or {name: req.binary_default for name in outputs}
     tensors = []
     chunks: list[bytes] = []
@@ -273,8 +302,7 @@ def encode_infer_response(model: str, version: str, outputs: Mapping[str, np.nda
         t: dict[str, Any] = {"name": name, "datatype": from_numpy(arr.dtype),
                              "shape": list(arr.shape)}
         if binary:
-            raw = (_encode_bytes_elements(arr) if arr.dtype == object
-                   else np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+            raw = encode_raw(arr)
             t["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -284,6 +312,8 @@ def encode_infer_response(model: str, version: str, outputs: Mapping[str, np.nda
     if req.id is not None:
         doc["id"] = req.id
     echoed = {k: v for k, v in req.parameters.items() if k not in RESERVED_PARAMETERS}
+    if parameters:
+        echoed.update(parameters)
     if echoed:
         doc["parameters"] = echoed
     head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -308,13 +338,32 @@ def parse_v1_instances(body: bytes, config: ModelConfig) -> dict[str, np.ndarray
     return parse_v1_request(body, config)[0]
 
 
+@dataclass(slots=True)
+class V1Request:
+    inputs: dict[str, np.ndarray]
+    """Empty when the body has only a ``key`` (answered from precomputed answers)."""
+    routing_key: str | None
+    key: Any
+    """The body's ``key`` beside ``instances`` as sent (lanes/online/hybrid.py checks it), None when absent."""
+
+
+def parse_v1_keyed(body: bytes, config: ModelConfig) -> V1Request:
+    """:func:`parse_v1_request` for a body that may carry ``key`` (one or a list) beside or instead of
+    ``instances``."""
+    doc = json_body(body)
+    key = doc.get("key")
+    if key is not None and "instances" not in doc and "inputs" not in doc:
+        return V1Request({}, routing_key(doc.get("routing_key"), "routing_key"), key)
+    inputs, rkey = _v1_parsed(doc, config)
+    return V1Request(inputs, rkey, key)
+
+
 def parse_v1_request(body: bytes, config: ModelConfig) -> tuple[dict[str, np.ndarray], str | None]:
     """:func:`parse_v1_instances` and the body's top-level ``routing_key`` (None when absent)."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise InvalidInput(f"body is not valid JSON: {e}") from None
-    doc = _obj(doc, "the body")
+    return _v1_parsed(json_body(body), config)
+
+
+def _v1_parsed(doc: dict[str, Any], config: ModelConfig) -> tuple[dict[str, np.ndarray], str | None]:
     key = routing_key(doc.get("routing_key"), "routing_key")
     specs = config.inputs
     if not isinstance(doc.get("signature_name", ""), str):
@@ -354,13 +403,16 @@ def parse_v1_request(body: bytes, config: ModelConfig) -> tuple[dict[str, np.nda
     return out, key
 
 
-def encode_v1_predictions(outputs: Mapping[str, np.ndarray]) -> bytes:
+def encode_v1_predictions(outputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any] | None = None) -> bytes:
+    """``{"predictions": ...}``, with the server's ``parameters`` beside them when given (a keyed answer's
+    source and age)."""
+    extra = {"parameters": parameters} if parameters else {}
     if len(outputs) == 1:
         (arr,) = outputs.values()
-        return orjson.dumps({"predictions": _v1(arr)}, option=orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps({"predictions": _v1(arr), **extra}, option=orjson.OPT_SERIALIZE_NUMPY)
     rows = next(iter(outputs.values())).shape[0]
     preds = [{name: _v1(arr[i]) for name, arr in outputs.items()} for i in range(rows)]
-    return orjson.dumps({"predictions": preds}, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps({"predictions": preds, **extra}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _v1(arr: Any) -> Any:

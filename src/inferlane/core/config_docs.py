@@ -11,6 +11,9 @@ from pydantic_core import PydanticUndefined
 from inferlane.core.spec import (
     BatchingPolicy,
     DriftSpec,
+    FeatureField,
+    FeaturesSpec,
+    HybridSpec,
     Limits,
     ModelConfig,
     OnnxOptions,
@@ -30,6 +33,9 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("sklearn", SklearnOptions),
     ("python", PythonOptions),
     ("drift", DriftSpec),
+    ("hybrid", HybridSpec),
+    ("features", FeaturesSpec),
+    ("features.fields[]", FeatureField),
 ]
 
 INTRO = """# model.yaml reference

@@ -32,6 +32,8 @@ class InferlaneError(Exception):
     grpc_code: str = "INTERNAL"
     transient: bool = False
     """True when the same call may succeed later; the one retry rule (core/retry.py) reads it."""
+    details: dict[str, object] | None = None
+    """Machine-readable fields answered beside ``error`` (a hybrid miss's ``reason``)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -11,16 +11,33 @@ custom collectors registered with :meth:`Metrics.register` must take their own l
     rows = metrics.counter("inferlane_batch_rows_total", "Rows by outcome", ("outcome",))
     rows.labels("fraud", "1", "batch", "written").inc(4096)
     metrics.serve(9100)                                    # or metrics.push("http://gateway:9091", "job")
+    metrics.model_stats("fraud", "1").doc()                # the statistics extension's counters (Triton's shape)
+    generate_latest(metrics.scrape())                      # /metrics: every process, and the desired replicas
+
+Several server processes (``serve --workers N``, ``serve --replicas MIN..MAX``) share their series
+through prometheus_client's multiprocess mode: with ``PROMETHEUS_MULTIPROC_DIR`` set before
+prometheus_client is imported, every value lives in a memory-mapped file there and
+:meth:`Metrics.scrape` merges the files of every process, so any process answers for the whole
+server. Custom collectors cannot cross processes, so there the queue gauges are written by each
+process (:meth:`Metrics.publish_queues`) instead of read at scrape time. One process alone keeps
+today's in-memory values: the hot path pays for the files only when there are several processes.
+docs/scaling.md defines the autoscaling signal, ``inferlane_desired_replicas``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import glob
+import math
+import os
+import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from inferlane.core.errors import ConfigError
@@ -31,11 +48,24 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 _LABELS = ("model", "version", "lane")
 LABELS = _LABELS
 """The labels every series starts with."""
+DEFAULT_TARGET_QUEUE = 20
+"""Pending requests one replica should carry (the seeds' example threshold)."""
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The folder the processes of one server share their series in; None: one process, in memory."""
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None,
+                 target_queue: int = DEFAULT_TARGET_QUEUE) -> None:
         self.registry = registry or CollectorRegistry()
+        self.target_queue = target_queue
+        """Load (waiting requests plus running batches) one replica should carry: the divisor of
+        ``inferlane_desired_replicas``."""
+        self.multiprocess = multiprocess_dir()
         self._declared: dict[str, Any] = {}
         self._lock = threading.Lock()
         r = self.registry
@@ -54,15 +84,80 @@ class Metrics:
         self.batch_requests = Histogram("inferlane_batch_requests", "Requests per executed batch",
                                         _LABELS, buckets=_BATCH_BUCKETS, registry=r)
         self._queues: list[Callable[[], Iterable[QueueState]]] = []
-        r.register(_QueueCollector(self._queues))
+        # One process: read at scrape time. Several: each writes its own (livesum) at an interval.
+        self._live_queues: tuple[Gauge, Gauge] | None = None
+        self._published_queues: set[tuple[str, str, str]] = set()
+        if self.multiprocess is None:
+            r.register(_QueueCollector(self._queues))
+        else:
+            self._live_queues = (
+                Gauge(_DEPTH, _DEPTH_DOC, _LABELS, registry=r, multiprocess_mode="livesum"),
+                Gauge(_INFLIGHT, _INFLIGHT_DOC, _LABELS, registry=r, multiprocess_mode="livesum"))
+        self.replicas = Gauge("inferlane_replicas", "Server processes serving behind this port (warmed up, "
+                              "listening)", registry=r, multiprocess_mode="livesum")
+        self._stats: dict[tuple[str, str], ModelStats] = {}
 
     def batch_observer(self, model: str, version: str, lane: str = "online") -> BatchMetrics:
         return BatchMetrics(self, model, version, lane)
 
+    def model_stats(self, model: str, version: str) -> ModelStats:
+        """The statistics extension's counters of one model version (every lane's requests and
+        batches), created at first use and kept, like the Prometheus series, across reloads."""
+        with self._lock:
+            stats = self._stats.get((model, version))
+            if stats is None:
+                stats = self._stats[(model, version)] = ModelStats()
+            return stats
+
     def watch_queues(self, states: Callable[[], Iterable[QueueState]]) -> None:
         """Report ``inferlane_queue_depth`` and ``inferlane_inflight_batches`` from ``states()`` at
-        each scrape: read when asked, they cost the hot path nothing."""
+        each scrape: read when asked, they cost the hot path nothing (several processes: written
+        by :meth:`publish_queues`)."""
         self._queues.append(states)
+
+    def publish_queues_once(self) -> None:
+        """Write this process's queue states into the shared (livesum) gauges; a queue gone since
+        the last call goes to zero. Nothing to do in one process."""
+        if self._live_queues is None:
+            return
+        depth, inflight = self._live_queues
+        seen: set[tuple[str, str, str]] = set()
+        for source in self._queues:
+            for q in source():
+                labels = (q.model, q.version, q.lane)
+                seen.add(labels)
+                depth.labels(*labels).set(q.depth)
+                inflight.labels(*labels).set(q.inflight)
+        for labels in self._published_queues - seen:
+            depth.labels(*labels).set(0)
+            inflight.labels(*labels).set(0)
+        self._published_queues = seen
+
+    async def publish_queues(self, interval_s: float = 0.25) -> None:
+        """Several processes only: :meth:`publish_queues_once` every ``interval_s`` until cancelled.
+        NOTE: sampled on purpose; writing the shared file on every enqueue would put it on the hot
+        path, and a scaler reading every few seconds needs no fresher value."""
+        if self._live_queues is None:
+            return
+        while True:
+            self.publish_queues_once()
+            await asyncio.sleep(interval_s)
+
+    def scrape(self) -> _Scrape:
+        """What ``/metrics`` answers: this process's series (every process's, merged, in multiprocess
+        mode) and ``inferlane_desired_replicas`` computed from them."""
+        if self.multiprocess is None:
+            return _Scrape(self.registry, self.target_queue)
+        self.publish_queues_once()  # this process's part is exact; the others' as of their last write
+        reap_dead_processes(self.multiprocess)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, self.multiprocess)  # type: ignore[no-untyped-call]
+        return _Scrape(merged, self.target_queue)
+
+    def close(self) -> None:
+        """At process exit: drop this process's live gauges from the shared files."""
+        if self.multiprocess is not None:
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess)  # type: ignore[no-untyped-call]
 
     # -- the one helper lanes declare their series with ------------------------------------------
 
@@ -83,7 +178,9 @@ class Metrics:
         return c
 
     def gauge(self, name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
-        g: Gauge = self._declare(Gauge, name, doc, labels)
+        """Several processes: the most recently written live process's value is the server's (the
+        lanes' gauges report shared state: a store's backlog, a route's weight)."""
+        g: Gauge = self._declare(Gauge, name, doc, labels, multiprocess_mode="livemostrecent")
         return g
 
     def histogram(self, name: str, doc: str, labels: Sequence[str] = (),
@@ -129,6 +226,7 @@ class BatchMetrics:
         self._batch_requests = m.batch_requests.labels(*labels)
         self._forward = m.forward.labels(*labels)
         self._queue_wait = m.queue_wait.labels(*labels)
+        self._stats = m.model_stats(model, version)
 
     def on_batch(self, rows: int, requests: int, forward_s: float, queue_waits: list[float]) -> None:
         self._batch_size.observe(rows)
@@ -136,6 +234,90 @@ class BatchMetrics:
         self._forward.observe(forward_s)
         for w in queue_waits:
             self._queue_wait.observe(w)
+        self._stats.on_batch(rows, requests, forward_s, queue_waits)
+
+
+_NS = 1_000_000_000
+
+
+class Duration:
+    """A cumulative count and its total time in nanoseconds (Triton's ``StatisticDuration``)."""
+
+    __slots__ = ("count", "ns")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ns = 0
+
+    def add(self, count: int, seconds: float) -> None:
+        self.count += count
+        self.ns += int(seconds * _NS)
+
+    def doc(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+class ModelStats:
+    """The statistics extension's counters of one model version, in Triton's shape.
+
+        stats = metrics.model_stats("fraud", "1")
+        stats.doc()   # {"inference_count": ..., "execution_count": ..., "inference_stats": {...}, "batch_stats": [...]}
+
+    Fed from the two places that see the work: the batcher's observer (:class:`BatchMetrics`: forward
+    passes, queue waits) and the lanes' outcome of each request (:meth:`on_request`). ``queue`` and
+    ``compute_infer`` count requests: a batch of 8 requests adds 8 and its forward time 8 times, as
+    Triton counts. Input and output copies are part of the forward pass here, so ``compute_input`` and
+    ``compute_output`` stay zero, and so do the cache counters (no response cache). Only the event
+    loop updates them (the batcher answers on it), so they need no lock.
+    """
+
+    def __init__(self) -> None:
+        self.success = Duration()
+        self.fail = Duration()
+        self.queue = Duration()
+        self.compute_infer = Duration()
+        self.inference_count = 0
+        """Rows answered: a request of 64 rows counts 64."""
+        self.execution_count = 0
+        """Forward passes run."""
+        self.last_inference_ms = 0
+        """Wall-clock milliseconds of the last answered request (0: none yet)."""
+        self._batches: dict[int, Duration] = {}
+        """Forward passes and their time, by rows in the batch."""
+
+    def on_batch(self, rows: int, requests: int, forward_s: float, queue_waits: list[float]) -> None:
+        self.execution_count += 1
+        self.queue.add(len(queue_waits), sum(queue_waits))
+        self.compute_infer.add(requests, forward_s * requests)
+        per_size = self._batches.get(rows)
+        if per_size is None:
+            per_size = self._batches[rows] = Duration()
+        per_size.add(1, forward_s)
+
+    def on_request(self, ok: bool, seconds: float, rows: int) -> None:
+        """One request's outcome: answered (``rows`` rows, in ``seconds`` inside the server) or failed."""
+        if ok:
+            self.success.add(1, seconds)
+            self.inference_count += rows
+            self.last_inference_ms = int(time.time() * 1000)
+        else:
+            self.fail.add(1, seconds)
+
+    def doc(self) -> dict[str, object]:
+        """Triton's ``ModelStatistics`` fields (without name and version), as JSON numbers."""
+        zero = {"count": 0, "ns": 0}
+        return {
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.doc(), "fail": self.fail.doc(), "queue": self.queue.doc(),
+                "compute_input": zero, "compute_infer": self.compute_infer.doc(), "compute_output": zero,
+                "cache_hit": zero, "cache_miss": zero,
+            },
+            "batch_stats": [{"batch_size": rows, "compute_input": zero, "compute_infer": d.doc(),
+                             "compute_output": zero} for rows, d in sorted(self._batches.items())],
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,13 +333,81 @@ class QueueState:
     """Batches running a forward pass."""
 
 
+_DEPTH, _DEPTH_DOC = "inferlane_queue_depth", "Requests waiting in the batcher queue"
+_INFLIGHT, _INFLIGHT_DOC = "inferlane_inflight_batches", "Batches running a forward pass"
+_DEAD_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db$")
+
+
+def reap_dead_processes(path: str) -> list[int]:
+    """Drop the live gauges of processes that died without saying so (SIGKILL, OOM): a killed
+    replica's queue depth must not count forever. Returns their pids."""
+    dead: set[int] = set()
+    for f in glob.glob(os.path.join(path, "gauge_live*.db")):
+        m = _DEAD_FILE.search(f)
+        if m is None:
+            continue
+        pid = int(m.group(1))
+        if pid in dead or _alive(pid):
+            continue
+        dead.add(pid)
+        multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+    return sorted(dead)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load_by_model(families: Iterable[Metric]) -> dict[str, float]:
+    """The autoscaling load of each model: requests waiting plus batches running, over every version,
+    lane and process the families cover (docs/scaling.md)."""
+    load: dict[str, float] = {}
+    for family in families:
+        if family.name in (_DEPTH, _INFLIGHT):
+            for sample in family.samples:
+                model = sample.labels.get("model", "")
+                load[model] = load.get(model, 0.0) + sample.value
+    return load
+
+
+def desired_replicas(load: float, target: int) -> int:
+    """ceil(load / target), at least 1: a served model keeps one warm replica."""
+    return max(1, math.ceil(load / target))
+
+
+class _Scrape(CollectorRegistry):
+    """A registry's series plus ``inferlane_desired_replicas{model}`` derived from them."""
+
+    def __init__(self, source: CollectorRegistry, target: int) -> None:
+        super().__init__()
+        self._source = source
+        self._target = target
+
+    def collect(self) -> Iterator[Metric]:
+        families = list(self._source.collect())
+        yield from families
+        desired = GaugeMetricFamily(
+            "inferlane_desired_replicas",
+            f"ceil((requests waiting + batches running) / target {self._target}), at least 1, per model",
+            labels=("model",))
+        for model, load in sorted(load_by_model(families).items()):
+            desired.add_metric([model], desired_replicas(load, self._target))
+        yield desired
+
+
 class _QueueCollector:
     def __init__(self, sources: list[Callable[[], Iterable[QueueState]]]) -> None:
         self._sources = sources
 
     def collect(self) -> Iterator[Metric]:
-        depth = GaugeMetricFamily("inferlane_queue_depth", "Requests waiting in the batcher queue", labels=_LABELS)
-        inflight = GaugeMetricFamily("inferlane_inflight_batches", "Batches running a forward pass", labels=_LABELS)
+        depth = GaugeMetricFamily(_DEPTH, _DEPTH_DOC, labels=_LABELS)
+        inflight = GaugeMetricFamily(_INFLIGHT, _INFLIGHT_DOC, labels=_LABELS)
         for source in self._sources:
             for q in source():
                 depth.add_metric([q.model, q.version, q.lane], q.depth)

@@ -28,14 +28,22 @@ class ModelEntry:
         return self.config.default_version or self.versions[-1]
 
 
+def version_folders(model_dir: Path) -> list[str]:
+    """The version folders of a model folder (positive integers), lowest first; none when it cannot be read."""
+    try:
+        return sorted((p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0),
+                      key=int)
+    except OSError:
+        return []
+
+
 def scan_model(model_dir: Path) -> ModelEntry:
     """Read one model folder; ConfigError names the file and field at fault."""
     cfg_path = model_dir / "model.yaml"
     if not cfg_path.is_file():
         raise ConfigError(f"{model_dir}: no model.yaml")
     config = load_config(cfg_path, model_dir.name)
-    versions = sorted((p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()
-                       and int(p.name) > 0), key=int)
+    versions = version_folders(model_dir)
     if not versions:
         raise ConfigError(f"{model_dir}: no version folders (expected {model_dir}/1/{config.artifact_name})")
     if config.default_version is not None and config.default_version not in versions:

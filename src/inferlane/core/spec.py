@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inferlane.core.datatypes import DATATYPES, from_numpy
+from inferlane.core.duration import parse_duration
 from inferlane.core.errors import ConfigError
 
 RuntimeName = Literal["onnx", "sklearn", "python"]
@@ -133,6 +134,85 @@ class DriftSpec(_Strict):
         return v
 
 
+def _seconds(v: Any) -> float:
+    """A duration field: ``15m``, ``1h``, ``7d`` or seconds (core/duration.py)."""
+    return parse_duration(v)
+
+
+_STORE_URL = r"^(store://|redis://|rediss://)"
+
+
+class HybridSpec(_Strict):
+    store: str | None = Field(default=None, pattern=_STORE_URL)
+    """Where precomputed answers live: ``store://NAME`` (SQLite in the state folder) or
+    ``redis://host:6379/0?prefix=NAME``. Default ``store://<model name>``, where ``inferlane batch run
+    ... --output store://<model name>`` writes."""
+    max_age: float = 86_400.0
+    """Oldest stored answer served (``15m``, ``1h``, ``7d`` or seconds); an older one is scored live."""
+    write_back: bool = False
+    """Store answers scored live (misses, stale and other-version keys) for the next request."""
+    write_back_ttl: float | None = None
+    """Expiry of written-back answers (a duration); none by default."""
+    lookup_timeout_ms: float = Field(default=50.0, gt=0, le=10_000)
+    """Longest a lookup may take; past it the request is scored live and the store counts as down
+    (tried again after a second)."""
+    max_keys: int = Field(default=1000, ge=1, le=100_000)
+    """Most keys in one request (413 beyond it)."""
+
+    @field_validator("max_age", "write_back_ttl", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return None if v is None else _seconds(v)
+
+
+class FeatureField(_Strict):
+    name: str = Field(min_length=1, max_length=256)
+    """The feature: a request input of this name, or a field stored under the request's key."""
+    source: Literal["request", "store"] = "request"
+    """Where the value comes from: the request (an input named like the field, one value per row) or
+    the feature store (materialized with ``inferlane features materialize``)."""
+    default: float | None = None
+    """Value used when the store has no value for the key (with ``features.missing: default``)."""
+
+
+class FeaturesSpec(_Strict):
+    input: str = Field(min_length=1)
+    """The model input assembled from ``fields``, one column per field in the declared order."""
+    fields: tuple[FeatureField, ...] = Field(min_length=1)
+    """The columns of ``input`` in order; each from the request or the store."""
+    store: str | None = Field(default=None, pattern=_STORE_URL)
+    """Where the stored fields live; default ``store://<model name>-features``."""
+    missing: Literal["default", "reject"] = "default"
+    """A key without stored features: use each field's ``default`` (0 when unset), or answer 400."""
+    max_age: float | None = None
+    """Stored features older than this count as missing (a duration); none by default."""
+    lookup_timeout_ms: float = Field(default=50.0, gt=0, le=10_000)
+    """Longest a lookup may take; past it the request gets 503 (the model cannot run without them)."""
+
+    @field_validator("max_age", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        return None if v is None else _seconds(v)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> FeaturesSpec:
+        names = [f.name for f in self.fields]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate feature names {dupes}")
+        if not any(f.source == "store" for f in self.fields):
+            raise ValueError("no field has source: store; without one, declare the inputs directly")
+        return self
+
+    @property
+    def request_fields(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields if f.source == "request")
+
+    @property
+    def store_fields(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields if f.source == "store")
+
+
 class ModelConfig(_Strict):
     name: str = Field(default="", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$|^$")
     """Model name; defaults to the folder name."""
@@ -171,6 +251,12 @@ class ModelConfig(_Strict):
     """Which class in the artifact is the model."""
     drift: DriftSpec = DriftSpec()
     """Output (and optionally input) drift of each served version against a reference (see below)."""
+    hybrid: HybridSpec | None = None
+    """Serve precomputed answers by key from a key-value store, scoring live when missing or too old
+    (docs/hybrid.md)."""
+    features: FeaturesSpec | None = None
+    """Assemble one input from request fields and features stored by key (docs/hybrid.md, "Online
+    features")."""
 
     @field_validator("artifact")
     @classmethod
@@ -189,7 +275,31 @@ class ModelConfig(_Strict):
                 raise ValueError(f"{group}: duplicate tensor names {sorted(dupes)}")
         if self.runtime == "sklearn" and len(self.inputs) != 1:
             raise ValueError("runtime sklearn takes exactly one input (the feature matrix)")
+        if self.features is not None:
+            target = next((s for s in self.inputs if s.name == self.features.input), None)
+            if target is None:
+                raise ValueError(f"features.input {self.features.input!r} is not one of the inputs "
+                                 f"{[s.name for s in self.inputs]}")
+            if target.row_shape != (len(self.features.fields),):
+                raise ValueError(f"features.input {target.name!r} has row shape {list(target.row_shape)}; "
+                                 f"{len(self.features.fields)} fields need [{len(self.features.fields)}]")
+            if target.datatype in ("BYTES", "BOOL"):
+                raise ValueError(f"features.input {target.name!r} must be numeric, not {target.datatype}")
+            clash = sorted(set(self.features.request_fields) & {s.name for s in self.inputs})
+            if clash:
+                raise ValueError(f"features: request fields {clash} have the names of model inputs")
         return self
+
+    @property
+    def hybrid_store(self) -> str:
+        """The hybrid store URL (``hybrid.store`` or ``store://<name>``)."""
+        return (self.hybrid.store if self.hybrid is not None and self.hybrid.store else f"store://{self.name}")
+
+    @property
+    def features_store(self) -> str:
+        """The feature store URL (``features.store`` or ``store://<name>-features``)."""
+        return (self.features.store if self.features is not None and self.features.store
+                else f"store://{self.name}-features")
 
     @property
     def artifact_name(self) -> str:

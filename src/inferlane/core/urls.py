@@ -18,6 +18,9 @@ Rules:
   prefix). ``?db=N`` works as well; both at once must agree. A stream named like a number needs
   the database first: ``redis://host/0/42``.
 - Kafka: ``kafka://host:port[,host:port]/name[,name]?<librdkafka setting>=<value>``.
+- Key-value store (hybrid lane): ``store://NAME`` (the embedded SQLite store, namespace NAME) or a
+  Redis URL with ``?prefix=NAME`` and no stream name (keys ``NAME:<key>``). NAME:
+  ``[A-Za-z0-9][A-Za-z0-9_.-]{0,127}``.
 """
 
 from __future__ import annotations
@@ -151,6 +154,45 @@ def kafka_url(url: str, flag: str) -> KafkaURL:
     if parsed.scheme != "kafka" or not parsed.hostname or not names:
         raise ConfigError(f"{flag} {redact(url)}: write kafka://host:port/topic")
     return KafkaURL(parsed.netloc.rsplit("@", 1)[-1], names, _params(parsed.query))
+
+
+STORE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+"""A key-value store's namespace or key prefix: no ``:`` or ``#``, so no two names' keys collide."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreURL:
+    name: str
+    """The namespace (``store://NAME``) or the key prefix (``?prefix=NAME``)."""
+    redis: RedisURL | None = None
+    """The Redis server; None for the embedded SQLite store."""
+
+
+def store_url(url: str, flag: str) -> StoreURL:
+    """``store://NAME`` or ``redis(s)://host:port/db?prefix=NAME``."""
+    s = scheme(url)
+    target: RedisURL | None = None
+    if s == "store":
+        parsed = urlsplit(url)
+        name = parsed.netloc
+        if parsed.path or "?" in url or "#" in url:
+            raise ConfigError(f"{flag} {redact(url)}: write store://NAME (nothing after the name)")
+    elif s in ("redis", "rediss"):
+        target = redis_url(url, flag, name="optional")
+        if target.name is not None:
+            raise ConfigError(f"{flag} {redact(url)}: a key-value store names its keys with ?prefix=, not a "
+                              f"path ({target.name!r} would be a stream); write redis://host:port/db?prefix=NAME")
+        params = dict(target.params)
+        name = params.pop("prefix", "")
+        if params:
+            raise ConfigError(f"{flag} {redact(url)}: unknown parameter(s) {', '.join(sorted(params))}; "
+                              "write redis://host:port/db?prefix=NAME")
+    else:
+        raise ConfigError(f"{flag} {redact(url)}: write store://NAME or redis://host:port/db?prefix=NAME")
+    if not STORE_NAME.fullmatch(name):
+        raise ConfigError(f"{flag} {redact(url)}: the name {name[:140]!r} must be 1 to 128 letters, digits, "
+                          "'_', '.' or '-', starting with a letter or digit")
+    return StoreURL(name, target)
 
 
 def scheme(url: str) -> str:

@@ -120,8 +120,10 @@ class ModelRegistry:
         self._versions[key] = mv
         return mv
 
-    async def load_all(self) -> None:
-        """Load and warm every version; readiness turns true only when all succeeded."""
+    async def load_all(self, *, ready: bool = True) -> None:
+        """Load and warm every version; readiness turns true only when all succeeded (and, with
+        ``ready=False``, only when the caller sets ``ready`` itself: the server first re-applies
+        the stored rollout routes)."""
         try:
             for entry in list(self.entries.values()):
                 for version in entry.versions:
@@ -131,7 +133,7 @@ class ModelRegistry:
             self.load_error = str(e)
             log.error("model loading failed; the server stays not ready:\n%s", e)
             raise
-        self.ready = True
+        self.ready = ready
 
     def _rescan(self, name: str, version: str) -> ModelEntry:
         """The model's entry read again from its folder, now holding ``version``: ModelNotFound when
@@ -239,12 +241,16 @@ class ModelRegistry:
 
     def get(self, name: str, version: str | None = None, key: str | None = None) -> ModelVersion:
         """The loaded version serving (name, version): pinned when ``version`` is given, else the
-        router's choice for ``key``. ModelNotFound, or ModelNotReady while it loads or unloads."""
+        router's choice for ``key``. ModelNotFound, or ModelNotReady while it loads or unloads, and
+        for an unpinned request until the registry is ready: the routes may not be applied yet (a
+        worker process of ``serve --workers N`` takes connections before it is ready)."""
         v = version or self.router.choose(name, key)
         mv = self._versions.get((name, v))
-        if mv is not None and mv.ready:
+        if mv is not None and mv.ready and (version or self.ready):
             return mv
         self.resolve(name, v)
+        if version is None and not self.ready and self.load_error is None:
+            raise ModelNotReady(f"model {name!r} is not ready (loading, or applying its stored routes)")
         if mv is not None:
             why = "unloading"
         elif (name, v) in self._loading or not self.ready:

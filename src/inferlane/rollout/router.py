@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from inferlane.core.errors import InvalidInput, ModelNotFound
+from inferlane.store.rollout import RolloutState, RolloutStatus
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,21 @@ class Route:
     def versions(self) -> tuple[str, ...]:
         """Every version the route names."""
         return tuple(v for v in (self.stable, self.canary, self.shadow) if v is not None)
+
+    def side(self, point: float) -> str:
+        """The version for a request at ``point`` in [0, 1) (:func:`sticky_point`, or a random draw):
+        the canary below ``canary_weight``, else stable. The one rule every lane routes by."""
+        return self.canary if self.canary is not None and point < self.canary_weight else self.stable
+
+
+def route_of(status: RolloutStatus) -> Route:
+    """The route a stored rollout status means: stable alone once finished, else stable with the
+    canary at its weight (or, in shadow mode, mirrored to it)."""
+    if status.state is not RolloutState.RUNNING or status.canary is None:
+        return Route(stable=status.stable)
+    if status.spec.shadow:
+        return Route(stable=status.stable, shadow=status.canary, shadow_fraction=status.spec.shadow_pct / 100.0)
+    return Route(stable=status.stable, canary=status.canary, canary_weight=status.weight)
 
 
 class Outcome(NamedTuple):
@@ -150,8 +166,7 @@ class Router:
             raise ModelNotFound(f"unknown model {model[:256]!r}")
         if r.canary is None:  # the common case: no hashing, no draw
             return r.stable
-        point = self._random() if key is None else sticky_point(model, key)
-        return r.canary if point < r.canary_weight else r.stable
+        return r.side(self._random() if key is None else sticky_point(model, key))
 
     def shadow_for(self, model: str) -> str | None:
         """The shadow version this live request should be mirrored to, if any (a draw per request)."""

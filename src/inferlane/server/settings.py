@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inferlane.core.errors import ConfigError
 from inferlane.core.state import state_dir
@@ -14,6 +14,9 @@ from inferlane.lanes.jobs.lane import parse_s3_allow
 
 ENV_PREFIX = "INFERLANE_"
 MIN_ADMIN_TOKEN = 16
+SAGEMAKER_PORT = 8080
+SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
+SAGEMAKER_ON = frozenset({"true", "1", "yes", "on"})
 
 
 class ServerSettings(BaseModel):
@@ -32,6 +35,12 @@ class ServerSettings(BaseModel):
     """TCP port (0 picks a free one)."""
     workers: int = Field(default=1, ge=1, le=256)
     """Server processes sharing the port; each loads every model."""
+    target_queue: int = Field(default=20, ge=1, le=1_000_000)
+    """Load one replica should carry (requests waiting plus batches running): the divisor of the
+    ``inferlane_desired_replicas`` gauge and the scale-up threshold of ``--replicas`` (docs/scaling.md)."""
+    reuse_port: bool = False
+    """Bind with SO_REUSEPORT and listen only once every model has loaded and warmed up, so that the
+    kernel sends no connection to a cold process (set by ``--replicas`` on its replicas)."""
     log_level: str = Field(default="info", pattern="^(critical|error|warning|info|debug)$")
     """Logging level."""
     body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
@@ -93,6 +102,43 @@ class ServerSettings(BaseModel):
     or a rollout names them)."""
     watch_interval_s: float = Field(default=2.0, gt=0, le=3600)
     """How often ``watch`` looks for new version folders."""
+    grpc_port: int = Field(default=0, ge=0, le=65535)
+    """TCP port of the Open Inference Protocol V2 over gRPC (tritonclient.grpc and KServe clients), on the
+    same host as HTTP; 0 (the default): no gRPC. Off unless asked, so that no second port opens
+    unannounced; Triton's convention is 8001. Needs the ``grpc`` extra."""
+    ssl_certfile: Path | None = None
+    """PEM certificate (chain) for TLS on the HTTP and gRPC ports; with ``ssl_keyfile``."""
+    ssl_keyfile: Path | None = Field(default=None, repr=False)
+    """PEM private key of ``ssl_certfile``."""
+    sagemaker: bool = False
+    """The SageMaker container contract (``serve --sagemaker``, or the image's ``serve`` argument): GET /ping and
+    POST /invocations beside /v2, and unless set otherwise host 0.0.0.0, port 8080 (``SAGEMAKER_BIND_TO_PORT``
+    when SageMaker sets it) and the repository /opt/ml/model. The one case where the default host is not loopback:
+    SageMaker reaches the container from outside it."""
+    sagemaker_model: str | None = None
+    """The model /invocations serves when the repository holds several (also ``SAGEMAKER_INFERLANE_MODEL``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sagemaker_defaults(cls, values: object) -> object:
+        if not isinstance(values, dict) or str(values.get("sagemaker", "")).lower() not in SAGEMAKER_ON:
+            return values
+        defaults = {"host": "0.0.0.0", "port": os.environ.get("SAGEMAKER_BIND_TO_PORT") or SAGEMAKER_PORT,
+                    "model_repository": SAGEMAKER_MODEL_DIR,
+                    "sagemaker_model": os.environ.get("SAGEMAKER_INFERLANE_MODEL")}
+        return {**{k: v for k, v in defaults.items() if v is not None}, **values}
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("TLS needs both --ssl-certfile and --ssl-keyfile (INFERLANE_SSL_CERTFILE, "
+                             "INFERLANE_SSL_KEYFILE), or neither")
+        for path in (self.ssl_certfile, self.ssl_keyfile):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} not found (a PEM file is expected)")
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(f"grpc_port {self.grpc_port} is also the HTTP port: choose another")
+        return self
 
     @field_validator("admin_token")
     @classmethod

@@ -2,24 +2,36 @@
 
     store = open_rollout_store(None)                          # SQLite: state_dir()/rollouts.db
     store = open_rollout_store("redis://cache:6379/0/inferlane")   # shared by every process and host
-    store.save(status); store.load("fraud"); store.append_event(event); store.events("fraud", 100)
+    store.save(replace(status, revision=status.revision + 1), event)   # False: another writer came first
+    store.load("fraud"); store.events("fraud", 100)
+    store.put_order(VersionOrder("fraud", "3", loaded=True, id=new_order_id(), at=time.time()))
 
-The records (:class:`RolloutSpec`, :class:`RolloutStatus`, :class:`RolloutEvent`) live here, below the
-controller that writes them (``rollout/controller.py``), so every backend stores the same thing:
-one JSON document per status, one per event.
+The records (:class:`RolloutSpec`, :class:`RolloutStatus`, :class:`RolloutEvent`,
+:class:`VersionOrder`) live here, below the controller that writes them (``rollout/controller.py``),
+so every backend stores the same thing: one JSON document per status, event and order.
+
+**Compare-and-set.** A status carries a ``revision``, the number of changes saved. ``save`` stores
+revision ``n`` only over revision ``n - 1`` (no status counts as 0), and appends its event in the
+same atomic step: when two processes decide on the same window, one saves and the other is told
+False, re-reads, and neither the step nor its event happens twice. SQLite does it in one
+``BEGIN IMMEDIATE`` transaction, Redis with WATCH/MULTI.
 
 Redis keys (``P`` is the prefix, ``inferlane`` unless the URL names one)::
 
     P:rollout:<model>          string   the status, JSON
     P:rollouts                 set      models with a status
     P:rollout-events:<model>   list     events, JSON, oldest first (the newest MAX_EVENTS kept)
+    P:version-orders           hash     <model>/<version> -> the latest load or unload order, JSON
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
+import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -136,6 +148,32 @@ class RolloutStatus:
     last_checks: dict[str, Any] = field(default_factory=dict)
     updated_at: float = 0.0
     """Wall-clock time of the last change."""
+    revision: int = 0
+    """Changes saved so far: :meth:`RolloutStore.save` stores revision n only over revision n - 1."""
+
+
+@dataclass(frozen=True)
+class VersionOrder:
+    """An operator's ``models load`` or ``models unload`` of one version, for every process serving
+    the model (``serve --workers N``, hosts sharing a Redis store): each applies each order once.
+
+        VersionOrder("fraud", "3", loaded=True, id=new_order_id(), at=time.time())
+    """
+
+    model: str
+    version: str
+    loaded: bool
+    """True: load and warm it (no traffic until a route names it); False: unload it."""
+    id: str
+    """Unique per order: a process remembers the orders it applied."""
+    at: float
+    """Wall-clock time of the order."""
+    drain_timeout_s: float = 30.0
+    """For an unload: how long requests already inside the version may take to finish."""
+
+
+def new_order_id() -> str:
+    return uuid.uuid4().hex
 
 
 def status_to_json(s: RolloutStatus) -> str:
@@ -158,9 +196,19 @@ def event_from_json(text: str | bytes) -> RolloutEvent:
     return RolloutEvent(**json.loads(text))
 
 
+def order_to_json(o: VersionOrder) -> str:
+    return json.dumps(asdict(o), sort_keys=True)
+
+
+def order_from_json(text: str | bytes) -> VersionOrder:
+    return VersionOrder(**json.loads(text))
+
+
 class RolloutStore(Protocol):
-    def save(self, status: RolloutStatus) -> None:
-        """Replace the model's status."""
+    def save(self, status: RolloutStatus, event: RolloutEvent | None = None) -> bool:
+        """Compare-and-set: store ``status`` and append ``event`` in one atomic step, only when the
+        stored status's revision is ``status.revision - 1`` (no status stored counts as 0). False,
+        and nothing written, when another writer changed the status first."""
         ...
 
     def load(self, model: str) -> RolloutStatus | None: ...
@@ -175,7 +223,23 @@ class RolloutStore(Protocol):
         """The model's newest ``limit`` events, oldest first."""
         ...
 
+    def put_order(self, order: VersionOrder) -> None:
+        """Replace the order of ``(order.model, order.version)``."""
+        ...
+
+    def orders(self) -> list[VersionOrder]:
+        """The latest order of every (model, version) that has one."""
+        ...
+
     def close(self) -> None: ...
+
+
+def _append(conn: sqlite3.Connection, event: RolloutEvent) -> None:
+    """Append ``event`` and drop the model's events beyond MAX_EVENTS, inside a transaction."""
+    conn.execute("INSERT INTO rollout_events (model, event) VALUES (?, ?)", (event.model, event_to_json(event)))
+    conn.execute("DELETE FROM rollout_events WHERE model = ? AND id <= "
+                 "(SELECT id FROM rollout_events WHERE model = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                 (event.model, event.model, MAX_EVENTS))
 
 
 class SqliteRolloutStore:
@@ -190,6 +254,8 @@ class SqliteRolloutStore:
             self._conn.execute("CREATE TABLE IF NOT EXISTS rollout_events (id INTEGER PRIMARY KEY AUTOINCREMENT,"
                                " model TEXT NOT NULL, event TEXT NOT NULL)")
             self._conn.execute("CREATE INDEX IF NOT EXISTS rollout_events_model ON rollout_events (model, id)")
+            self._conn.execute("CREATE TABLE IF NOT EXISTS version_orders (model TEXT NOT NULL, version TEXT NOT NULL,"
+                               " version_order TEXT NOT NULL, PRIMARY KEY (model, version))")
 
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         with self._lock:
@@ -198,10 +264,39 @@ class SqliteRolloutStore:
             except sqlite3.OperationalError as e:  # locked past the timeout, read-only, disk full
                 raise Unavailable(f"the SQLite rollout store {self.path} cannot be used now: {e}") from e
 
-    def save(self, status: RolloutStatus) -> None:
-        self._run("INSERT INTO rollouts (model, status) VALUES (?, ?)"
-                  " ON CONFLICT (model) DO UPDATE SET status = excluded.status",
-                  (status.model, status_to_json(status)))
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, the lock held. NOTE: BEGIN IMMEDIATE takes the file's write lock
+        first, so what the transaction reads cannot change before it commits."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            except sqlite3.OperationalError as e:  # locked past the timeout, read-only, disk full
+                raise Unavailable(f"the SQLite rollout store {self.path} cannot be used now: {e}") from e
+
+    def save(self, status: RolloutStatus, event: RolloutEvent | None = None) -> bool:
+        doc, expected = status_to_json(status), status.revision - 1
+        with self._write() as conn:
+            if expected == 0:  # the first save, or a row stored before revisions existed
+                cur = conn.execute("INSERT INTO rollouts (model, status) VALUES (?, ?) ON CONFLICT (model) DO UPDATE"
+                                   " SET status = excluded.status"
+                                   " WHERE coalesce(json_extract(rollouts.status, '$.revision'), 0) = 0",
+                                   (status.model, doc))
+            else:
+                cur = conn.execute("UPDATE rollouts SET status = ? WHERE model = ?"
+                                   " AND coalesce(json_extract(status, '$.revision'), 0) = ?",
+                                   (doc, status.model, expected))
+            if cur.rowcount != 1:
+                return False  # another writer came first: the transaction commits nothing
+            if event is not None:
+                _append(conn, event)
+        return True
 
     def load(self, model: str) -> RolloutStatus | None:
         rows = self._run("SELECT status FROM rollouts WHERE model = ?", (model,))
@@ -211,15 +306,22 @@ class SqliteRolloutStore:
         return [status_from_json(r[0]) for r in self._run("SELECT status FROM rollouts ORDER BY model")]
 
     def append_event(self, event: RolloutEvent) -> None:
-        self._run("INSERT INTO rollout_events (model, event) VALUES (?, ?)", (event.model, event_to_json(event)))
-        self._run("DELETE FROM rollout_events WHERE model = ? AND id <= "
-                  "(SELECT id FROM rollout_events WHERE model = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                  (event.model, event.model, MAX_EVENTS))
+        with self._write() as conn:
+            _append(conn, event)
 
     def events(self, model: str, limit: int = 100) -> list[RolloutEvent]:
         rows = self._run("SELECT event FROM rollout_events WHERE model = ? ORDER BY id DESC LIMIT ?",
                          (model, max(0, limit)))
         return [event_from_json(r[0]) for r in reversed(rows)]
+
+    def put_order(self, order: VersionOrder) -> None:
+        self._run("INSERT INTO version_orders (model, version, version_order) VALUES (?, ?, ?) ON CONFLICT"
+                  " (model, version) DO UPDATE SET version_order = excluded.version_order",
+                  (order.model, order.version, order_to_json(order)))
+
+    def orders(self) -> list[VersionOrder]:
+        return [order_from_json(r[0]) for r in self._run("SELECT version_order FROM version_orders"
+                                                         " ORDER BY model, version")]
 
     def close(self) -> None:
         with self._lock:
@@ -248,11 +350,30 @@ class RedisRolloutStore:
         except redis.RedisError as e:
             raise Unavailable(f"the Redis rollout store at {self.address} cannot {what} now: {e}") from e
 
-    def save(self, status: RolloutStatus) -> None:
-        pipe = self._client.pipeline(transaction=True)
-        pipe.set(f"{self.prefix}:rollout:{status.model}", status_to_json(status))
-        pipe.sadd(f"{self.prefix}:rollouts", status.model)
-        self._call("save a status", pipe.execute)
+    def save(self, status: RolloutStatus, event: RolloutEvent | None = None) -> bool:
+        import redis
+
+        key = f"{self.prefix}:rollout:{status.model}"
+
+        def attempt() -> bool:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.watch(key)  # type: ignore[no-untyped-call]  # EXEC fails if the status changes after this
+                raw = pipe.get(key)
+                stored = 0 if raw is None else int(json.loads(raw).get("revision", 0))
+                if stored != status.revision - 1:
+                    return False
+                pipe.multi()
+                pipe.set(key, status_to_json(status))
+                pipe.sadd(f"{self.prefix}:rollouts", status.model)
+                if event is not None:
+                    self._queue_event(pipe, event)
+                try:
+                    pipe.execute()
+                except redis.WatchError:
+                    return False
+                return True
+
+        return bool(self._call("save a status", attempt))
 
     def load(self, model: str) -> RolloutStatus | None:
         raw = self._call("read a status", self._client.get, f"{self.prefix}:rollout:{model}")
@@ -264,11 +385,14 @@ class RedisRolloutStore:
         found = (self.load(m) for m in models)
         return [s for s in found if s is not None]
 
-    def append_event(self, event: RolloutEvent) -> None:
+    def _queue_event(self, pipe: Any, event: RolloutEvent) -> None:
         key = f"{self.prefix}:rollout-events:{event.model}"
-        pipe = self._client.pipeline(transaction=True)
         pipe.rpush(key, event_to_json(event))
         pipe.ltrim(key, -MAX_EVENTS, -1)
+
+    def append_event(self, event: RolloutEvent) -> None:
+        pipe = self._client.pipeline(transaction=True)
+        self._queue_event(pipe, event)
         self._call("append an event", pipe.execute)
 
     def events(self, model: str, limit: int = 100) -> list[RolloutEvent]:
@@ -276,6 +400,14 @@ class RedisRolloutStore:
             return []
         raw = self._call("read events", self._client.lrange, f"{self.prefix}:rollout-events:{model}", -limit, -1)
         return [event_from_json(r) for r in raw]
+
+    def put_order(self, order: VersionOrder) -> None:
+        self._call("save an order", self._client.hset, f"{self.prefix}:version-orders",
+                   f"{order.model}/{order.version}", order_to_json(order))
+
+    def orders(self) -> list[VersionOrder]:
+        raw = self._call("read orders", self._client.hgetall, f"{self.prefix}:version-orders")
+        return sorted((order_from_json(v) for v in raw.values()), key=lambda o: (o.model, o.version))
 
     def close(self) -> None:
         self._client.close()

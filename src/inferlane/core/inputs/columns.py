@@ -128,7 +128,7 @@ def column_values(col: pa.Array, datatype: str, *, text: bool) -> tuple[np.ndarr
     return out, problems + more
 
 
-def _key_column(col: pa.Array, text: bool) -> tuple[pa.Array, np.ndarray]:
+def key_column(col: pa.Array, text: bool) -> tuple[pa.Array, np.ndarray]:
     """The key column (CSV text keys become integers when every one is) and its bad rows."""
     t = col.type
     if _is_text(t) and text:
@@ -168,7 +168,7 @@ class ColumnDecoder:
         for k in self.key:
             if k not in names:
                 raise ConfigError(f"--key {k}: the input has no column {k!r} (columns: {names[:20]})")
-            keys[k], bad = _key_column(batch.column(k), text)
+            keys[k], bad = key_column(batch.column(k), text)
             reject(bad, key_problem(k))
         inputs = {f.name: self._input(batch, f, text, reject) for f in self.fields.resolve(names).values()}
         good = np.ones(n, dtype=bool)

@@ -41,7 +41,8 @@ class BatchJob:
     input: str
     """A file, a folder, a glob, or an ``s3://`` URI of Parquet, CSV or JSONL files."""
     output: str
-    """A folder (Parquet by default), ``sqlite:///file.db`` or ``postgresql://...``."""
+    """A folder (Parquet by default), ``sqlite:///file.db``, ``postgresql://...``, or a key-value
+    store for the hybrid lane: ``store://NAME`` or ``redis://host:port/db?prefix=NAME``."""
     key: list[str]
     """Column(s) identifying a row; written with the outputs and used for upserts."""
     job_id: str
@@ -65,8 +66,10 @@ class BatchJob:
     """Object-store endpoint for s3:// URIs (e.g. a local S3-compatible server)."""
     overwrite: bool = False
     rejects_dir: str | None = None
+    ttl_s: float | None = None
+    """A key-value store output's time to live, in seconds (None: kept until overwritten)."""
     state_dir: str | None = None
-    """Folder for a database output's report and rejects, as ``batch/<job_id>-report.json`` and
+    """Folder for a database or store output's report and rejects, as ``batch/<job_id>-report.json`` and
     ``batch/<job_id>-rejects/`` (default :func:`default_state_dir`)."""
     limit: int | None = None
     """Score only the first ``limit`` rows of the plan (part of the plan: a resumed run needs the same)."""

@@ -53,6 +53,8 @@ def _check(job: BatchJob) -> None:
         raise ConfigError("--max-reject-ratio must be between 0 and 1")
     if job.retries < 0:
         raise ConfigError("--retries must be 0 or more")
+    if job.ttl_s is not None and not job.ttl_s > 0:
+        raise ConfigError("--ttl must be a positive duration, such as 24h")
     if job.limit is not None and job.limit < 1:
         raise ConfigError("--limit must be at least 1")
     if not job.job_id or job.job_id in (".", "..") or any(c in job.job_id for c in "/\\\0"):
@@ -112,7 +114,7 @@ def run_batch(job: BatchJob, on_start: Callable[[dict[str, Any]], None] | None =
         sink = open_shard_sink(job.output, job_id=job.job_id, fingerprint=fingerprint, key=job.key, table=job.table,
                                fmt=job.output_format, overwrite=job.overwrite,
                                rejects_dir=Path(job.rejects_dir) if job.rejects_dir else None,
-                               state_dir=_state_dir(job))
+                               state_dir=_state_dir(job), outputs=model.config.outputs, ttl_s=job.ttl_s)
     except BaseException:
         close_model()
         raise
@@ -172,7 +174,7 @@ def dry_run(job: BatchJob) -> dict[str, Any]:
     _check(job)
     files, shards, fingerprint = _plan(job)
     output, done = inspect_shard_sink(job.output, job_id=job.job_id, fingerprint=fingerprint, key=job.key,
-                                      table=job.table, overwrite=job.overwrite)
+                                      table=job.table, overwrite=job.overwrite, ttl_s=job.ttl_s)
     scorer = ShardScorer(job)
     try:
         first = shards[0]

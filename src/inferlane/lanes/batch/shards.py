@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import numpy as np
 import orjson
 import pyarrow as pa
 
@@ -31,6 +32,8 @@ from inferlane.core.uri import filesystem_for
 from inferlane.lanes.batch.config import BatchJob, ShardFailed
 from inferlane.lanes.batch.metrics import BatchMetrics
 from inferlane.lanes.batch.sources import Chunk, Shard, read_shard
+from inferlane.store.kv import invalid_keys, is_kv_url
+from inferlane.store.kv.shards import key_texts
 from inferlane.store.tables import ShardSink, scored_table
 
 log = logging.getLogger("inferlane.batch")
@@ -89,6 +92,8 @@ class ShardScorer:
             raise
         self.fs, _ = filesystem_for(job.input, job.endpoint_url)
         self.on_forward = on_forward
+        self.store_keys = is_kv_url(job.output)
+        """A key-value store output: a row whose key it cannot hold is a reject (store/kv codec.py)."""
 
     def load(self, shard: Shard) -> LoadedShard:
         """Read the shard and decode every chunk (I/O and parsing: beside the model in the local engine)."""
@@ -134,15 +139,32 @@ class ShardScorer:
         """Run the model over the valid rows of every chunk and assemble the output table."""
         scored_at = datetime.now(UTC).replace(microsecond=0)
         tables: list[pa.Table] = []
+        rejects = loaded.rejects
         model = self.model
-        for _, decoded in loaded.chunks:
+        for chunk, decoded in loaded.chunks:
             if not decoded.rows:
                 continue
             outputs = model.score(decoded.inputs, self.job.batch_size, self.on_forward)
-            tables.append(scored_table(decoded.keys, outputs, model=model.name, version=model.version,
-                                       scored_at=scored_at))
+            table = scored_table(decoded.keys, outputs, model=model.name, version=model.version, scored_at=scored_at)
+            if self.store_keys:
+                table, bad = self._storable(table, loaded.shard.id, chunk, decoded.index)
+                rejects = rejects + bad
+            tables.append(table)
         table = pa.concat_tables(tables) if tables else pa.table({})
-        return ShardResult(loaded.shard, table, loaded.rejects, loaded.rows_read)
+        return ShardResult(loaded.shard, table, rejects, loaded.rows_read)
+
+    def _storable(self, table: pa.Table, shard_id: str, chunk: Chunk,
+                  index: list[int]) -> tuple[pa.Table, list[dict[str, Any]]]:
+        """The rows whose key a key-value store can hold, and rejects for the others."""
+        texts = key_texts(table, self.job.key)
+        bad = invalid_keys(texts)
+        if not bad:
+            return table, []
+        keep = np.ones(table.num_rows, dtype=bool)
+        keep[[i for i, _ in bad]] = False
+        rejects = [{"shard": shard_id, "row": chunk.row(index[i]), "key": (texts[i] or "")[:200] or None,
+                    "reason": reason} for i, reason in bad]
+        return table.filter(pa.array(keep)), rejects
 
     def load_and_score(self, shard: Shard, on_retry: Callable[[], None]) -> ShardResult:
         """Both steps for one shard, each under the retry policy (what a Ray actor does per shard)."""

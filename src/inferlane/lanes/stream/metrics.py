@@ -12,6 +12,12 @@ with one ``np.histogram``; Prometheus sees ordinary counters, gauges and histogr
 - ``inferlane_stream_e2e_latency_seconds`` (histogram: event time → output acknowledged)
 - ``inferlane_stream_inflight_batches``, ``inferlane_stream_paused`` (backpressure)
 - ``inferlane_stream_sink_retries_total``
+- ``inferlane_stream_scored_events_total`` (labelled by the version that scored them: with a route
+  followed, stable and canary)
+- ``inferlane_traffic_weight`` (the share of events each version of the followed route gets, as the
+  server's series of that name; lane="stream")
+
+The other series keep the version the lane started with in their ``version`` label.
 """
 
 from __future__ import annotations
@@ -67,6 +73,10 @@ class StreamMetrics:
         self.event_time_lag_s = 0.0
         self.inflight = 0
         self.paused = False
+        self.scored: dict[str, int] = {}
+        """Events written, by the version that scored them."""
+        self.weights: dict[str, float] = {}
+        """Each version's share of the events, by the route followed (empty when pinned)."""
         if metrics is not None:
             metrics.register(self)
 
@@ -80,12 +90,24 @@ class StreamMetrics:
             self.batch_size.observe(np.asarray([size], dtype=np.float64))
             self.event_time_lag_s = max(0.0, now_s - oldest_event_ms / 1000)
 
-    def on_written(self, event_ms: np.ndarray, acked_s: float, dead: int) -> None:
+    def on_written(self, event_ms: np.ndarray, acked_s: float, dead: int,
+                   by_version: dict[str, int] | None = None) -> None:
         with self._lock:
             self.events["out"] += len(event_ms)
             self.events["dead_lettered"] += dead
             if len(event_ms):
                 self.latency.observe(np.maximum(acked_s - event_ms / 1000.0, 0.0))
+            for version, n in (by_version or {}).items():
+                self.scored[version] = self.scored.get(version, 0) + n
+
+    def set_weights(self, weights: dict[str, float]) -> None:
+        """The route followed now: each version's share of the events (versions that left it go to 0)."""
+        with self._lock:
+            self.weights = {**dict.fromkeys(self.weights, 0.0), **weights}
+
+    def by_version(self) -> dict[str, int]:
+        with self._lock:
+            return {v: n for v, n in sorted(self.scored.items(), key=lambda item: int(item[0])) if n}
 
     def set_inflight(self, n: int) -> None:
         with self._lock:
@@ -117,6 +139,17 @@ class StreamMetrics:
             for outcome, n in self.events.items():
                 ev.add_metric([*self.labels, outcome], n)
             yield ev
+            scored = CounterMetricFamily("inferlane_stream_scored_events",
+                                         "Events scored and written, by the version that scored them", labels=labels)
+            for version, n in self.scored.items():
+                scored.add_metric([self.labels[0], version, self.labels[2]], n)
+            yield scored
+            if self.weights:
+                weight = GaugeMetricFamily("inferlane_traffic_weight", "Share of events routed to a version",
+                                           labels=labels)
+                for version, w in self.weights.items():
+                    weight.add_metric([self.labels[0], version, self.labels[2]], w)
+                yield weight
             retries = CounterMetricFamily("inferlane_stream_sink_retries", "Sink writes retried", labels=labels)
             retries.add_metric(self.labels, self.sink_retries)
             yield retries

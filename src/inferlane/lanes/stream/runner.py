@@ -19,6 +19,10 @@ Three threads, each stage in order, so commits follow writes in the order events
   dead letters among the last ``dead_letter_window`` events: over ``max_dead_letter_ratio`` (a wrong
   ``--key``, a schema change) the lane stops, committing nothing past the last good batch.
 
+**Versions.** A micro-batch is scored by one pinned version (``--version``: :class:`Pinned`), or by
+the versions the server's route names (``rollout/follow.py``): each event goes to the version the
+server's router would choose for its key, and its output records that version.
+
 At most ``max_inflight`` batches are between consumer and commit; beyond that the consumer pauses
 the source (Kafka keeps polling so the group does not evict it), which bounds memory under any
 overload. On partition revoke and on stop, the partial batch is handed on, every in-flight batch
@@ -26,19 +30,23 @@ finishes, and its positions are committed before the partitions go (or the proce
 killed process commits nothing it has not written: its events are delivered again.
 
     runner = StreamRunner(model, decoder, source, sink, dead_letters, StreamSettings(max_batch=512))
+    runner = StreamRunner(follower, decoder, ...)    # a RouteFollower: the versions the route names
     report = runner.run(stop_event)
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -104,11 +112,46 @@ class StreamSettings:
             raise ConfigError(f"--max-deliveries {self.max_deliveries}: at least 1")
 
 
+@runtime_checkable
+class Versions(Protocol):
+    """The versions a micro-batch is scored with: :class:`Pinned`, or ``rollout.follow.RouteFollower``."""
+
+    name: str
+
+    @property
+    def version(self) -> str:
+        """The version that scores events now (stable, when following a route)."""
+        ...
+
+    def split(self, keys: Sequence[str | int]) -> AbstractContextManager[Sequence[tuple[ModelVersion,
+                                                                                      np.ndarray | None]]]:
+        """(version, rows of ``keys`` it scores, None for all) for each version the keys go to; the
+        versions stay open until the block ends."""
+        ...
+
+
+class Pinned:
+    """One version scores every event (``--version``, or a model object)."""
+
+    def __init__(self, model: ModelVersion) -> None:
+        self.model = model
+        self.name = model.name
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+    @contextlib.contextmanager
+    def split(self, keys: Sequence[str | int]) -> Iterator[Sequence[tuple[ModelVersion, np.ndarray | None]]]:
+        yield [(self.model, None)]
+
+
 @dataclass(slots=True)
 class _Work:
     events: list[Event]
     positions: Positions
-    scored: Scored | None = None
+    scored: list[Scored] = field(default_factory=list)
+    """One per version that scored events of this batch."""
     dead: list[DeadLetter] = field(default_factory=list)
     crashing: bool = False
     """The one event of this work crashed the lane more than ``max_deliveries`` times: dead-letter it unscored."""
@@ -132,17 +175,17 @@ _STOP = object()
 
 
 class StreamRunner:
-    def __init__(self, model: ModelVersion, decoder: RecordDecoder, source: Source, sink: Sink,
+    def __init__(self, model: ModelVersion | Versions, decoder: RecordDecoder, source: Source, sink: Sink,
                  dead_letters: DeadLetters, settings: StreamSettings | None = None,
                  metrics: StreamMetrics | None = None) -> None:
-        self.model = model
+        self.versions: Versions = model if isinstance(model, Versions) else Pinned(model)
         self.decoder = decoder
         self.source = source
         self.sink = sink
         self.dead_letters = dead_letters
         self.settings = settings or StreamSettings()
         self.settings.check()
-        self.metrics = metrics or StreamMetrics(model.name, model.version)
+        self.metrics = metrics or StreamMetrics(self.versions.name, self.versions.version)
         self._cond = threading.Condition()
         self._inflight = 0
         self._done: list[Positions] = []
@@ -243,7 +286,8 @@ class StreamRunner:
         return {"events_in": ev["in"], "events_out": ev["out"], "dead_lettered": ev["dead_lettered"],
                 "batches": self._batches, "duration_s": round(elapsed, 3), "busy_s": round(max(busy, 0.0), 3),
                 "events_per_s": round(ev["out"] / busy, 1) if busy > 0 else 0.0,
-                "model": self.model.name, "model_version": self.model.version}
+                "model": self.versions.name, "model_version": self.versions.version,
+                "versions": self.metrics.by_version()}
 
     def _backpressure(self, now: float) -> None:
         """The pipeline is full: wait for room. Kafka keeps prefetching into its bounded queue
@@ -397,38 +441,46 @@ class StreamRunner:
             events = []
         decoded = self.decoder.decode([e.value for e in events])
         work.dead.extend(DeadLetter(events[i], "decode", reason) for i, reason in decoded.rejects)
-        outputs, failures = self._score_or_wait(decoded.inputs, len(decoded.index))
         key_field = self.decoder.key[0]
-        index, keys = decoded.index, decoded.keys[key_field]
-        if failures:
-            failed = {j for j, _ in failures}
-            work.dead.extend(DeadLetter(events[index[j]], "score", err) for j, err in failures)
-            keep = [j for j in range(len(index)) if j not in failed]
-            index = [index[j] for j in keep]
-            keys = [keys[j] for j in keep]
-        work.scored = Scored(self.model.name, self.model.version, key_field, keys, outputs,
-                             [events[i].ts_ms for i in index])
+        all_keys = decoded.keys[key_field]
+        with self.versions.split(all_keys) as parts:
+            for model, rows in parts:
+                if rows is None:
+                    index, keys, inputs = decoded.index, all_keys, decoded.inputs
+                else:
+                    index = [decoded.index[j] for j in rows]
+                    keys = [all_keys[j] for j in rows]
+                    inputs = {k: v[rows] for k, v in decoded.inputs.items()}
+                outputs, failures = self._score_or_wait(model, inputs, len(index))
+                if failures:
+                    failed = {j for j, _ in failures}
+                    work.dead.extend(DeadLetter(events[index[j]], "score", err, model.version) for j, err in failures)
+                    keep = [j for j in range(len(index)) if j not in failed]
+                    index = [index[j] for j in keep]
+                    keys = [keys[j] for j in keep]
+                work.scored.append(Scored(model.name, model.version, key_field, keys, outputs,
+                                          [events[i].ts_ms for i in index]))
         self._writing.put(work)
 
-    def _score_or_wait(self, inputs: dict[str, np.ndarray],
+    def _score_or_wait(self, model: ModelVersion, inputs: dict[str, np.ndarray],
                        rows: int) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
         """Score under the circuit breaker: while the model is down (not ready, or failing most of
         the batch for one reason) the batch is retried with backoff (core/retry.py) for at most
         ``model_retry_s``, then the lane stops with the error; nothing of it is dead-lettered."""
         def attempt() -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
-            outputs, failures = self._forward(inputs, rows)
+            outputs, failures = self._forward(model, inputs, rows)
             if rows > 1 and len(failures) * 2 > rows:
                 reason, n = Counter(err.split(":", 1)[0] for _, err in failures).most_common(1)[0]
                 if n * 2 > rows:
                     first = next(err for _, err in failures if err.startswith(reason))
-                    raise ModelOutage(f"model {self.model.name} failed on {n} of {rows} events of a micro-batch "
+                    raise ModelOutage(f"model {model.name} failed on {n} of {rows} events of a micro-batch "
                                       f"({first[:300]})")
             return outputs, failures
 
         policy = RetryPolicy(attempts=None, backoff_s=self.settings.retry_backoff_s, max_backoff_s=5.0,
                              give_up_after_s=self.settings.model_retry_s)
         try:
-            return policy.call(attempt, what=f"model {self.model.name} {self.model.version}", sleep=self._sleep)
+            return policy.call(attempt, what=f"model {model.name} {model.version}", sleep=self._sleep)
         except _Aborted:
             raise
         except Exception as e:
@@ -441,24 +493,25 @@ class StreamRunner:
         if self._abort.wait(seconds):
             raise _Aborted
 
-    def _forward(self, inputs: dict[str, np.ndarray], rows: int) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
+    def _forward(self, model: ModelVersion, inputs: dict[str, np.ndarray],
+                 rows: int) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
         """Outputs of the rows that scored, and (row, error) for those that failed on their own."""
         if rows == 0:
-            return {s.name: np.zeros((0,), dtype=np.float32) for s in self.model.config.outputs}, []
+            return {s.name: np.zeros((0,), dtype=np.float32) for s in model.config.outputs}, []
         try:
-            return self.model.score(inputs, self.settings.max_batch), []
+            return model.score(inputs, self.settings.max_batch), []
         except Exception as e:  # one event may break a whole batch: find it
             if is_transient(e):  # the model is not ready (or overloaded): no event is at fault
                 raise
             if rows == 1:
                 return {}, [(0, f"{type(e).__name__}: {e}"[:1000])]
         half = rows // 2
-        left_out, left_fail = self._forward({k: v[:half] for k, v in inputs.items()}, half)
-        right_out, right_fail = self._forward({k: v[half:] for k, v in inputs.items()}, rows - half)
+        left_out, left_fail = self._forward(model, {k: v[:half] for k, v in inputs.items()}, half)
+        right_out, right_fail = self._forward(model, {k: v[half:] for k, v in inputs.items()}, rows - half)
         failures = left_fail + [(j + half, err) for j, err in right_fail]
         parts = [p for p in (left_out, right_out) if p and len(next(iter(p.values()))) > 0]
         if not parts:
-            return self._forward({k: v[:0] for k, v in inputs.items()}, 0)[0], failures
+            return self._forward(model, {k: v[:0] for k, v in inputs.items()}, 0)[0], failures
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, failures
 
     def _write(self, works: list[_Work]) -> None:
@@ -496,13 +549,19 @@ class StreamRunner:
               "(or raise --max-dead-letter-ratio)")
 
     def _write_all(self, works: list[_Work]) -> None:
-        scored = _concat([w.scored for w in works if w.scored is not None])
+        by_version: dict[str, list[Scored]] = {}
+        for part in (p for w in works for p in w.scored):
+            by_version.setdefault(part.version, []).append(part)
+        written = [_concat(parts) for parts in by_version.values()]
         dead = [d for w in works for d in w.dead]
-        if scored.keys:
-            self._retry(lambda: self.sink.write(scored), self.sink.description)
+        for scored in written:
+            if scored.keys:
+                self._retry(functools.partial(self.sink.write, scored), self.sink.description)
         if dead:
             self._retry(lambda: self.dead_letters.write(dead), self.dead_letters.description)
-        self.metrics.on_written(np.asarray(scored.event_ms, dtype=np.float64), time.time(), len(dead))
+        event_ms = [t for scored in written for t in scored.event_ms]
+        self.metrics.on_written(np.asarray(event_ms, dtype=np.float64), time.time(), len(dead),
+                                {s.version: len(s.keys) for s in written})
         self._last_written_at = time.monotonic()
         with self._cond:
             self._done.extend(w.positions for w in works)

@@ -9,6 +9,12 @@ per key) a re-delivered event overwrites its earlier output instead of adding on
     {"id": 17, "model_name": "fraud", "model_version": "1", "probabilities": [0.93, 0.07],
      "event_time_ms": 1764000000123, "scored_at_ms": 1764000000190}
 
+A key-value store (``store://NAME``, ``redis://host:port/0?prefix=NAME``: the hybrid lane's store)
+gets, per event, key = the event's key as text and value = its outputs with computed_at = now
+(store/kv): the stream keeps the keys with new events fresher than last night's batch, and the
+newest computed_at wins whichever lane wrote it. A key the store cannot hold (empty, over 1024
+bytes, a NUL) is skipped with a warning.
+
 Table outputs are the shared table writers (store/tables) — a Parquet folder, ``sqlite:///file.db``
 or ``postgresql://...`` — with the primary key (input key, model_version), so a database upserts a
 re-delivered event; a folder gets one part per micro-batch.
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -42,7 +49,10 @@ from inferlane.core.errors import ConfigError, InferlaneError
 from inferlane.core.retry import is_transient
 from inferlane.core.urls import kafka_url, redact, redis_url, scheme
 from inferlane.lanes.stream.sources import Event, default_state_dir, require_topics
+from inferlane.store.kv import KVStore, StoreError, encode_rows, invalid_keys, is_kv_url, open_kv
 from inferlane.store.tables import open_row_writer, scored_table
+
+log = logging.getLogger("inferlane.stream")
 
 
 class SinkError(InferlaneError):
@@ -69,6 +79,8 @@ class DeadLetter:
     stage: str
     """``decode`` (the payload is not a valid event) or ``score`` (the model failed on it)."""
     error: str
+    version: str | None = None
+    """The version that failed on it (``score``); None: the lane's version when it started."""
 
 
 class RecordWriter(Protocol):
@@ -269,6 +281,37 @@ class TableSink:
         self._writer.close()
 
 
+class KVSink:
+    """Scored events into a key-value store: key = str(event key), computed_at = now."""
+
+    def __init__(self, url: str, ttl_s: float | None = None) -> None:
+        self.ttl_s = ttl_s
+        self.store: KVStore = open_kv(url, flag="--sink")
+        self.description = self.store.description
+        try:
+            self.store.get_many(["inferlane-startup-check"])  # fail at startup, not with a write retried forever
+        except StoreError as e:
+            self.store.close()
+            raise ConfigError(f"--sink {redact(url)}: cannot reach the store ({e.message})") from e
+
+    def write(self, batch: Scored) -> None:
+        keys = [str(k) for k in batch.keys]
+        items = list(zip(keys, encode_rows(batch.model, batch.version, time.time(), batch.outputs), strict=True))
+        bad = invalid_keys(keys)
+        for i, reason in bad:
+            log.warning("%s: event key %r skipped: %s", self.description, keys[i][:100], reason)
+        if bad:
+            skip = {i for i, _ in bad}
+            items = [item for i, item in enumerate(items) if i not in skip]
+        try:
+            self.store.put_many(items, self.ttl_s)
+        except StoreError as e:
+            raise SinkError(e.message, transient=e.transient) from e
+
+    def close(self) -> None:
+        self.store.close()
+
+
 DEAD_LETTER_PAYLOAD_BYTES = 16_384
 """A dead letter keeps at most this many bytes of the payload (docs/stream.md, "Dead letters")."""
 
@@ -293,7 +336,7 @@ class DeadLetters:
             e = d.event
             rec: dict[str, Any] = {"error": d.error, "stage": d.stage, "source": e.partition,
                                    "offset": e.offset, "event_time_ms": e.ts_ms, "model_name": self.model,
-                                   "model_version": self.version, "failed_at_ms": now_ms,
+                                   "model_version": d.version or self.version, "failed_at_ms": now_ms,
                                    "key": self._key(e)}
             rec.update(_payload(e.value, self.payload_bytes))
             records.append((e.key, orjson.dumps(rec)))
@@ -354,7 +397,13 @@ def record_writer(url: str, what: str) -> RecordWriter | None:
     return None
 
 
-def open_stream_sink(url: str, *, key_field: str, table: str | None = None) -> Sink:
+def open_stream_sink(url: str, *, key_field: str, table: str | None = None, ttl_s: float | None = None) -> Sink:
+    if is_kv_url(url):
+        if table is not None:
+            raise ConfigError("--table applies to database sinks, not to a key-value store")
+        return KVSink(url, ttl_s)
+    if ttl_s is not None:
+        raise ConfigError("--ttl applies to key-value store sinks (store://NAME, redis://...?prefix=NAME)")
     writer = record_writer(url, "--sink")
     if writer is not None:
         return RecordSink(writer)

@@ -67,5 +67,15 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     os.replace(tmp, path)
 
 
+def write_report_beside(rejects_dir: Path, job_id: str, report: dict[str, Any]) -> str:
+    """A database or key-value output's job report: ``<job_id>-report.json`` next to its rejects folder."""
+    import orjson
+
+    rejects_dir.mkdir(parents=True, exist_ok=True)
+    path = rejects_dir.with_name(f"{job_id}-report.json")
+    atomic_write(path, lambda p: p.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2)))
+    return str(path)
+
+
 def write_jsonl(path: Path, records: list[bytes]) -> None:
     atomic_write(path, lambda p: p.write_bytes(b"".join(r + b"\n" for r in records)))

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from inferlane.core.errors import ConfigError
 from inferlane.store.tables.arrow import flatten_lists
-from inferlane.store.tables.base import atomic_write, write_jsonl
+from inferlane.store.tables.base import write_jsonl, write_report_beside
 
 MAX_IDENTIFIER = 63
 """PostgreSQL truncates longer identifiers; refusing them keeps both dialects alike."""
@@ -151,10 +151,7 @@ class SqlShardSink:
             (self.job_id, shard_id, flat.num_rows, len(rejects), time.time())))
 
     def write_report(self, report: dict[str, Any]) -> str:
-        self.rejects_dir.mkdir(parents=True, exist_ok=True)
-        path = self.rejects_dir.with_name(f"{self.job_id}-report.json")
-        atomic_write(path, lambda p: p.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2)))
-        return str(path)
+        return write_report_beside(self.rejects_dir, self.job_id, report)
 
     def close(self) -> None:
         self.db.close()

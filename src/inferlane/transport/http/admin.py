@@ -29,7 +29,7 @@ from inferlane.rollout.controller import RolloutController
 from inferlane.rollout.drift import DriftMonitor
 from inferlane.rollout.registry import ModelRegistry
 from inferlane.store.rollout import RolloutEvent, RolloutSpec, RolloutStatus
-from inferlane.transport.http.body import int_header, read_body
+from inferlane.transport.http.body import int_header, read_json_object
 from inferlane.transport.http.body import json_response as _json
 
 PREFIX = "/v2/admin"
@@ -138,14 +138,8 @@ def event_doc(event: RolloutEvent) -> dict[str, Any]:
     return dataclasses.asdict(event)
 
 
-async def _json_body(request: Request, body_timeout_s: float) -> Any:
-    body = await read_body(request, MAX_BODY_BYTES, body_timeout_s)
-    if not body.strip():
-        return {}
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise InvalidInput(f"body is not valid JSON: {e}") from None
+async def _json_body(request: Request, body_timeout_s: float, example: str) -> dict[str, Any]:
+    return await read_json_object(request, MAX_BODY_BYTES, body_timeout_s, example)
 
 
 def admin_routes(registry: ModelRegistry, controller: RolloutController, token: AdminToken,
@@ -166,7 +160,7 @@ def admin_routes(registry: ModelRegistry, controller: RolloutController, token: 
 
     async def load(request: Request) -> Response:  # the registry answers 404 for a missing folder
         name, version = request.path_params["name"], request.path_params["version"]
-        await registry.load_version(name, version)
+        await controller.orders.load(name, version)  # here, then in every process sharing the rollout store
         return _json({"model": name, "version": version, "loaded": True, "versions": registry.versions(name)})
 
     async def unload(request: Request) -> Response:
@@ -180,7 +174,7 @@ def admin_routes(registry: ModelRegistry, controller: RolloutController, token: 
                 drain = -1.0
             if not 0 <= drain <= 3600:
                 raise InvalidInput(f"drain_timeout_s must be seconds from 0 to 3600, not {raw[:40]!r}")
-        await registry.unload_version(name, version, drain_timeout_s=drain)
+        await controller.orders.unload(name, version, drain_timeout_s=drain)
         return _json({"model": name, "version": version, "loaded": False, "versions": registry.versions(name)})
 
     async def routes(request: Request) -> Response:
@@ -188,7 +182,7 @@ def admin_routes(registry: ModelRegistry, controller: RolloutController, token: 
 
     async def start(request: Request) -> Response:
         name = model(request)
-        spec = rollout_spec(name, await _json_body(request, body_timeout_s))
+        spec = rollout_spec(name, await _json_body(request, body_timeout_s, '{"to": "3", "canary": 5}'))
         return _json(status_doc(await controller.start(spec)), 201)
 
     async def statuses(request: Request) -> Response:
@@ -206,7 +200,7 @@ def admin_routes(registry: ModelRegistry, controller: RolloutController, token: 
 
     async def abort(request: Request) -> Response:
         name = model(request)
-        doc = await _json_body(request, body_timeout_s)
+        doc = await _json_body(request, body_timeout_s, '{"reason": "<at most 500 characters>"}')
         reason = doc.get("reason") if isinstance(doc, dict) else None
         if not isinstance(doc, dict) or set(doc) - {"reason"} or (
                 reason is not None and (not isinstance(reason, str) or not 0 < len(reason) <= 500)):

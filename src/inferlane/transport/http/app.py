@@ -26,6 +26,7 @@ from inferlane.core.repository import ModelEntry
 from inferlane.core.spec import ModelConfig
 from inferlane.lanes.jobs import JobsLane
 from inferlane.lanes.online import OnlineLane
+from inferlane.lanes.online.hybrid import KeyedLane, request_keys
 from inferlane.transport.http.body import JSON, check_host, read_body, scope_headers
 from inferlane.transport.http.body import json_response as _json
 from inferlane.transport.http.infer import (
@@ -35,6 +36,7 @@ from inferlane.transport.http.infer import (
     InferRoute,
     error_parts,
     hidden_error,
+    keyed_headers,
     match,
     send_parts,
     server_timing,
@@ -47,8 +49,9 @@ log = logging.getLogger(__name__)
 
 _HOST = frozenset({b"host"})
 
-EXTENSIONS = ["binary_tensor_data", "parameters"]
-"""Only extensions this server implements (``statistics`` needs /v2/models/{name}/stats)."""
+EXTENSIONS = ["binary_tensor_data", "parameters", "statistics", "model_repository"]
+"""Only extensions this server implements (``model_repository`` needs the admin token; see
+transport/http/extensions.py)."""
 
 
 def error_response(e: InferlaneError) -> Response:
@@ -95,9 +98,11 @@ class FastInferApp:
 def build_http_app(lane: OnlineLane,
                    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]]
                    | None = None, *, body_timeout_s: float = 30.0, jobs: JobsLane | None = None,
-                   hosts: frozenset[bytes] | None = None, admin: list[Route] | None = None) -> FastInferApp:
+                   hosts: frozenset[bytes] | None = None, admin: list[Route] | None = None,
+                   keyed: KeyedLane | None = None, extensions: list[Route] | None = None) -> FastInferApp:
     """``hosts``: the Host header names answered, None for any (body.loopback_hosts). ``admin``: the
-    /v2/admin routes (transport/http/admin.py), None while no admin token is set (their paths answer 404)."""
+    /v2/admin routes (transport/http/admin.py), None while no admin token is set (their paths answer 404).
+    ``extensions``: the statistics and model repository routes (transport/http/extensions.py)."""
     registry = lane.registry
     metrics = lane.metrics
 
@@ -121,6 +126,8 @@ def build_http_app(lane: OnlineLane,
             doc["error"] = load_error[registry.load_error]
         elif jobs is not None and jobs.worker_problem is not None:  # e.g. the job store is failing
             doc = {"ready": False, "error": jobs.worker_problem}
+        if keyed is not None and keyed.health():  # a store that is down leaves the server ready: live fallback
+            doc["stores"] = keyed.health()
         return _json(doc, 200 if doc["ready"] else 503)
 
     async def model_metadata(request: Request) -> Response:
@@ -133,7 +140,7 @@ def build_http_app(lane: OnlineLane,
         ok = registry.is_ready(e.name, request.path_params.get("version"))
         return _json({"name": e.name, "ready": ok}, 200 if ok else 503)
 
-    route = InferRoute(lane, body_timeout_s, hosts)
+    route = InferRoute(lane, body_timeout_s, hosts, keyed)
 
     async def infer(request: Request) -> Response:
         """Only reached for paths the fast match does not take (Starlette answers 405 and 404 around it)."""
@@ -144,16 +151,29 @@ def build_http_app(lane: OnlineLane,
     async def v1_predict(request: Request) -> Response:
         e = entry(request)
         body = await read_body(request, e.config.limits.max_request_bytes, body_timeout_s)
-        inputs, key = codec.parse_v1_request(body, e.config)
-        key = codec.routing_key(request.headers.get(ROUTING_KEY_HEADER) or None, ROUTING_KEY_HEADER) or key
-        result = await lane.infer(e.name, request.path_params.get("version"), inputs,
-                                  timeout_s(request.headers.get(TIMEOUT_HEADER), {}), key)
+        v1 = codec.parse_v1_keyed(body, e.config) if keyed is not None and e.config.hybrid is not None \
+            else codec.V1Request(*codec.parse_v1_request(body, e.config), None)
+        key = codec.routing_key(request.headers.get(ROUTING_KEY_HEADER) or None, ROUTING_KEY_HEADER) or v1.routing_key
+        version = request.path_params.get("version")
+        timeout = timeout_s(request.headers.get(TIMEOUT_HEADER), {})
+        if v1.key is not None:
+            assert keyed is not None and e.config.hybrid is not None
+            keys = request_keys({"key": v1.key}, e.config.hybrid.max_keys)
+            assert keys is not None
+            if key is None and len(keys) == 1:
+                key = keys[0]
+            mv = registry.get(e.name, version, key)
+            kr = await keyed.infer(mv, v1.inputs or None, keys, timeout, routed=version is None, key=key)
+            headers = {k.decode(): v.decode() for k, v in keyed_headers(kr)}
+            return Response(codec.encode_v1_predictions(kr.outputs, kr.parameters()),
+                            headers={**headers, VERSION_HEADER: kr.model.version}, media_type=JSON)
+        result = await lane.infer(e.name, version, v1.inputs, timeout, key)
         return Response(codec.encode_v1_predictions(result.prediction.outputs),
                         headers={"Server-Timing": server_timing(result).decode(),
                                  VERSION_HEADER: result.model.version}, media_type=JSON)
 
     async def prometheus(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(metrics.scrape()), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi(request: Request) -> Response:
         return _json(openapi_document())
@@ -162,6 +182,7 @@ def build_http_app(lane: OnlineLane,
         return HTMLResponse(swagger_html("/openapi.json"))
 
     routes = [
+        *(extensions or []),  # the statistics and repository routes (transport/http/extensions.py), first
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),

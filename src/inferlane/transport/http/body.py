@@ -72,6 +72,21 @@ def check_host(value: str | None, allowed: frozenset[bytes]) -> None:
                            "Host localhost or 127.0.0.1 (listen on another address with --host / INFERLANE_HOST)")
 
 
+async def read_json_object(request: Request, limit: int, timeout_s: float, example: str) -> dict[str, Any]:
+    """A small JSON-object body (admin and extension calls): an empty body is ``{}``; anything but an
+    object is InvalidInput naming ``example``."""
+    raw = await read_body(request, limit, timeout_s)
+    if not raw.strip():
+        return {}
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput(f"body is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"the body must be a JSON object, e.g. {example}")
+    return doc
+
+
 async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
     """The body, refusing anything over ``limit`` bytes before reading it where possible, and
     answering 408 to a client that has not sent all of it within ``timeout_s``."""

@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 from inferlane.core import codec
 from inferlane.core.errors import InferlaneError, InvalidInput, ModelError, QueueFull
 from inferlane.lanes.online import OnlineLane, OnlineResult
+from inferlane.lanes.online.hybrid import KeyedLane, KeyedResult, request_keys
 from inferlane.transport.http.body import check_host, int_header, receive_body, scope_headers
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,17 @@ TIMEOUT_HEADER = "inferlane-timeout-ms"
 ROUTING_KEY_HEADER = "inferlane-routing-key"
 VERSION_HEADER = "inferlane-model-version"
 """Response header: the model version that answered."""
+SOURCE_HEADER = "inferlane-source"
+"""Response header of a keyed request: ``precomputed``, ``live`` or ``mixed`` (lanes/online/hybrid.py)."""
+AGE_HEADER = "inferlane-age-s"
+"""Response header of a precomputed answer: seconds since it was computed (the oldest key's)."""
 _CONTENT_LENGTH = b"content-length"
 _HEADER_LENGTH = codec.HEADER_LENGTH.encode()
 _TIMEOUT = TIMEOUT_HEADER.encode()
 _ROUTING_KEY = ROUTING_KEY_HEADER.encode()
 _VERSION = VERSION_HEADER.encode()
+_SOURCE = SOURCE_HEADER.encode()
+_AGE = AGE_HEADER.encode()
 _HOST = b"host"
 _WANTED = frozenset({_CONTENT_LENGTH, _HEADER_LENGTH, _TIMEOUT, _ROUTING_KEY, _HOST})
 _JSON_TYPE = (b"content-type", b"application/json")
@@ -69,6 +76,27 @@ def server_timing(r: OnlineResult) -> bytes:
         p.queue_s * 1e3, p.forward_s * 1e3, r.total_s * 1e3, p.batch_rows)
 
 
+def keyed_timing(r: KeyedResult) -> bytes:
+    """``Server-Timing`` of a keyed request: the store and feature lookups, then the live part's."""
+    head = b"store;dur=%.3f" % (r.lookup_s * 1e3)
+    if r.features_s:
+        head += b", features;dur=%.3f" % (r.features_s * 1e3)
+    if r.live is None:
+        return head + b", total;dur=%.3f" % (r.total_s * 1e3)
+    p = r.live.prediction
+    return head + b', queue;dur=%.3f, forward;dur=%.3f, total;dur=%.3f, batch;desc="%d rows"' % (
+        p.queue_s * 1e3, p.forward_s * 1e3, r.total_s * 1e3, p.batch_rows)
+
+
+def keyed_headers(r: KeyedResult) -> list[tuple[bytes, bytes]]:
+    """The answer's Server-Timing, source and age headers."""
+    headers = [(b"server-timing", keyed_timing(r)), (_SOURCE, r.source.encode())]
+    age = r.age_s
+    if age is not None:
+        headers.append((_AGE, b"%.3f" % age))
+    return headers
+
+
 def hidden_error(what: str, detail: str) -> str:
     """A short message for the client with a fresh request id; ``detail`` (file paths, the model's own
     exception text) goes to the server log under that id only."""
@@ -81,11 +109,15 @@ def error_parts(e: InferlaneError) -> Parts:
     """The answer to an error: its status, ``{"error": message}``, and Retry-After when the queue is full.
     A model's own failure is logged, and the client gets a request id instead of its text."""
     message = hidden_error("the model failed on this request", e.message) if isinstance(e, ModelError) else e.message
-    body = orjson.dumps({"error": message})
+    body = orjson.dumps({"error": message, **e.details} if e.details else {"error": message})
     headers = [_JSON_TYPE, (b"content-length", str(len(body)).encode())]
     if isinstance(e, QueueFull):
         headers.append((b"retry-after", str(e.retry_after).encode()))
     return e.http_status, headers, body
+
+
+def _max_keys(config: Any) -> int:
+    return config.hybrid.max_keys if config.hybrid is not None else 1000
 
 
 def match(scope: Scope) -> tuple[str, str | None] | None:
@@ -106,8 +138,11 @@ def match(scope: Scope) -> tuple[str, str | None] | None:
 class InferRoute:
     """Answers one V2 inference request through the online lane."""
 
-    def __init__(self, lane: OnlineLane, body_timeout_s: float, hosts: frozenset[bytes] | None = None) -> None:
+    def __init__(self, lane: OnlineLane, body_timeout_s: float, hosts: frozenset[bytes] | None = None,
+                 keyed: KeyedLane | None = None) -> None:
         self.lane = lane
+        self.keyed = keyed
+        """Requests with ``parameters.key`` to models with ``hybrid:`` or ``features:``."""
         self.body_timeout_s = body_timeout_s
         self.hosts = hosts
         """Host header names answered (None: any); see body.loopback_hosts."""
@@ -125,22 +160,42 @@ class InferRoute:
             body = await receive_body(receive, length, limits.max_request_bytes, self.body_timeout_s)
             req = codec.parse_infer_request(body, int_header(headers.get(_HEADER_LENGTH), codec.HEADER_LENGTH),
                                             limits.max_elements_per_input)
-            if key is None and req.parameters:
-                key = codec.routing_key(req.parameters.get("routing_key"), "parameters.routing_key")
+            keys = None
+            if self.keyed is not None and KeyedLane.wants(mv.config):
+                keys = request_keys(req.parameters, _max_keys(mv.config))
+                if keys is None and mv.config.features is not None:
+                    raise InvalidInput(f"model {mv.name} takes stored features by key: send parameters.key")
+            elif not req.inputs:
+                raise InvalidInput(f"model {mv.name} answers no request by key (no hybrid: or features: "
+                                   "section): send inputs")
+            if key is None:
+                if req.parameters:
+                    key = codec.routing_key(req.parameters.get("routing_key"), "parameters.routing_key")
+                if key is None and keys is not None and len(keys) == 1:
+                    key = keys[0]  # one user sees one version
                 if key is not None and version is None:
                     mv = registry.get(name, None, key)
             codec.check_requested_outputs(req, mv.config)
-            result = await self.lane.infer_on(mv, req.inputs, timeout_s(headers.get(_TIMEOUT), req.parameters),
-                                              routed=version is None, key=key)
+            timeout = timeout_s(headers.get(_TIMEOUT), req.parameters)
+            if keys is not None:
+                assert self.keyed is not None
+                keyed = await self.keyed.infer(mv, req.inputs or None, keys, timeout, routed=version is None, key=key)
+                return self._answer(keyed.model.name, keyed.model.version, keyed.outputs, req,
+                                    keyed_headers(keyed), keyed.parameters())
+            result = await self.lane.infer_on(mv, req.inputs, timeout, routed=version is None, key=key)
         except InferlaneError as e:  # the answer still names the version the request went to
             status, error_headers, error_body = error_parts(e)
             error_headers.append((_VERSION, mv.version.encode()))
             return status, error_headers, error_body
-        out, out_header_length = codec.encode_infer_response(
-            result.model.name, result.model.version, result.prediction.outputs, req)
+        return self._answer(result.model.name, result.model.version, result.prediction.outputs, req,
+                            [(b"server-timing", server_timing(result))])
+
+    @staticmethod
+    def _answer(name: str, version: str, outputs: dict[str, Any], req: codec.InferRequest,
+                extra: list[tuple[bytes, bytes]], parameters: dict[str, Any] | None = None) -> Parts:
+        out, out_header_length = codec.encode_infer_response(name, version, outputs, req, parameters)
         answer = [_JSON_TYPE if out_header_length is None else _BINARY_TYPE,
-                  (b"content-length", b"%d" % len(out)), (b"server-timing", server_timing(result)),
-                  (_VERSION, result.model.version.encode())]
+                  (b"content-length", b"%d" % len(out)), *extra, (_VERSION, version.encode())]
         if out_header_length is not None:
             answer.append((_HEADER_LENGTH, str(out_header_length).encode()))
         return 200, answer, out

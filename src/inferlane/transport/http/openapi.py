@@ -59,14 +59,20 @@ class RequestParameters(BaseModel):
         default=None, min_length=1, max_length=1024,
         description="Sticky routing: the same key always reaches the same model version during a rollout "
                     "(as the inferlane-routing-key header; the header wins)")
+    key: Annotated[str, Field(min_length=1, max_length=1024)] | Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=1024)]], Field(min_length=1)] | None = Field(
+        default=None,
+        description="Hybrid models (docs/hybrid.md): the key, or keys, whose precomputed answers to serve; with "
+                    "inputs, one row per key, scored live where no fresh stored answer exists")
 
 
 class InferenceRequest(BaseModel):
-    """Output names must be unique; with ``outputs`` absent or empty, every output is returned."""
+    """Output names must be unique; with ``outputs`` absent or empty, every output is returned. ``inputs``
+    may be left out only when ``parameters.key`` names precomputed answers (a hybrid model)."""
 
     id: str | None = None
     parameters: RequestParameters | None = None
-    inputs: list[RequestInput] = Field(min_length=1)
+    inputs: list[RequestInput] | None = Field(default=None, min_length=1)
     outputs: list[RequestOutput] | None = None
 
 
@@ -83,7 +89,9 @@ class InferenceResponse(BaseModel):
     model_version: str
     id: str | None = None
     parameters: dict[str, Any] | None = None
-    """The request's parameters, echoed back (except ``timeout``, ``binary_data_output`` and ``routing_key``)."""
+    """The request's parameters, echoed back (except ``timeout``, ``binary_data_output``, ``routing_key`` and
+    ``key``); a keyed request's answer adds ``source`` (precomputed, live or mixed), ``age_s`` and
+    ``model_version``, and per key ``sources`` and ``ages_s`` when it named several."""
     outputs: list[ResponseOutput]
 
 
@@ -113,21 +121,28 @@ class Error(BaseModel):
 
 class V1PredictRequest(BaseModel):
     """Rows (``instances``): each a list of features, or an object of named inputs. Or columns
-    (``inputs``): an object of named inputs, or the one input's rows. Exactly one of the two."""
+    (``inputs``): an object of named inputs, or the one input's rows. At most one of the two, and one
+    of them unless ``key`` names precomputed answers (a hybrid model)."""
 
-    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["instances"]},
-                                                           {"required": ["inputs"]}]})
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["instances"]},
+                                                           {"required": ["inputs"]}, {"required": ["key"]}],
+                                                 "not": {"required": ["instances", "inputs"]}})
     # SkipJsonSchema: absent is fine, but null is not (the server refuses it).
     instances: Annotated[list[Any], Field(min_length=1)] | SkipJsonSchema[None] = None
     inputs: dict[str, Any] | list[Any] | SkipJsonSchema[None] = None
     signature_name: str | SkipJsonSchema[None] = Field(None, description="Accepted and ignored")
     routing_key: Annotated[str, Field(min_length=1, max_length=1024)] | SkipJsonSchema[None] = Field(
         None, description="Sticky routing: the same key always reaches the same model version during a rollout")
+    key: str | list[str] | SkipJsonSchema[None] = Field(
+        None, description="Hybrid models: the key(s) of precomputed answers, beside or instead of the instances")
 
 
 class ServerReady(BaseModel):
     ready: bool
     error: str | None = Field(default=None, description="Why loading failed, if it did")
+    stores: dict[str, dict[str, Any]] | None = Field(
+        default=None, description="Hybrid and feature stores: whether each answers (a store that is down leaves the "
+                                  "server ready; requests with inputs are scored live)")
 
 
 class ModelReady(BaseModel):

@@ -25,7 +25,7 @@ from prometheus_client import Counter, Histogram
 
 from inferlane.core.batcher import BACKGROUND, Prediction
 from inferlane.core.errors import DeadlineExceeded, InferlaneError, ModelError, ModelNotReady
-from inferlane.core.metrics import Metrics
+from inferlane.core.metrics import Metrics, ModelStats
 from inferlane.core.model import ModelVersion
 from inferlane.rollout.registry import ModelRegistry
 from inferlane.rollout.router import Outcome
@@ -43,6 +43,11 @@ class OnlineResult:
     total_s: float
 
 
+def _rows(inputs: Mapping[str, np.ndarray]) -> int:
+    """Rows of a request that passed the signature check (every input has the same first dimension)."""
+    return int(next(iter(inputs.values())).shape[0])
+
+
 def _version_failed(e: BaseException) -> bool:
     """Whether an error counts against the version in an Outcome: the model failed (500) or was too
     slow for the deadline (504). None for errors that say nothing about it (bad input, a full queue)."""
@@ -55,21 +60,28 @@ class OnlineLane:
         self.router = registry.router
         self.metrics = metrics
         self.shadow_limit = shadow_limit
-        self._children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
+        self._children: dict[tuple[str, str, str, str], tuple[Counter, Histogram, ModelStats]] = {}
         self._shadows: set[asyncio.Task[None]] = set()
         self._shadow_dropped = metrics.counter(
             "inferlane_shadow_dropped_total", "Shadow copies not sent because shadow_limit were running")
 
-    def _observe(self, model: str, version: str, status: str, seconds: float | None, lane: str = "online") -> None:
+    def observe(self, model: str, version: str, status: str, seconds: float | None, lane: str = "online", *,
+                 rows: int = 0, failed_after: float = 0.0) -> None:
+        """One request's outcome: answered in ``seconds`` (``rows`` rows), or failed (``seconds`` None)
+        ``failed_after`` seconds in; counted in Prometheus and in the statistics extension."""
         key = (model, version, status, lane)
-        pair = self._children.get(key)
-        if pair is None:
-            pair = (self.metrics.requests.labels(model, version, lane, status),
-                    self.metrics.request_latency.labels(model, version, lane))
-            self._children[key] = pair
-        pair[0].inc()
+        children = self._children.get(key)
+        if children is None:
+            children = (self.metrics.requests.labels(model, version, lane, status),
+                        self.metrics.request_latency.labels(model, version, lane),
+                        self.metrics.model_stats(model, version))
+            self._children[key] = children
+        children[0].inc()
         if seconds is not None:
-            pair[1].observe(seconds)
+            children[1].observe(seconds)
+            children[2].on_request(True, seconds, rows)
+        else:
+            children[2].on_request(False, failed_after, 0)
 
     async def infer(self, name: str, version: str | None, inputs: Mapping[str, np.ndarray],
                     timeout_s: float | None = None, key: str | None = None) -> OnlineResult:
@@ -98,14 +110,14 @@ class OnlineLane:
             pred = await mv.infer(inputs, start + timeout_s)
         except BaseException as e:
             if isinstance(e, InferlaneError):
-                self._observe(mv.name, mv.version, str(e.http_status), None)
+                self.observe(mv.name, mv.version, str(e.http_status), None, failed_after=time.monotonic() - start)
             if routed and self.router.listening and _version_failed(e) and not isinstance(e, asyncio.CancelledError):
                 self.router.report(Outcome(mv.name, mv.version, False, time.monotonic() - start, None))
             raise
         finally:
             registry.leave(mv)
         total = time.monotonic() - start
-        self._observe(mv.name, mv.version, "200", total)
+        self.observe(mv.name, mv.version, "200", total, rows=_rows(inputs))
         if routed:
             if self.router.listening:
                 self.router.report(Outcome(mv.name, mv.version, True, total, pred.outputs, inputs=inputs))
@@ -144,8 +156,8 @@ class OnlineLane:
         except asyncio.CancelledError:
             raise
         except BaseException as e:
-            self._observe(mv.name, mv.version, str(e.http_status) if isinstance(e, InferlaneError) else "500",
-                          None, "shadow")
+            self.observe(mv.name, mv.version, str(e.http_status) if isinstance(e, InferlaneError) else "500",
+                          None, "shadow", failed_after=time.monotonic() - start)
             # The live version took these inputs: a shadow that refuses them is at fault too.
             if _version_failed(e) or (isinstance(e, InferlaneError) and 400 <= e.http_status < 500):
                 self.router.report(Outcome(mv.name, mv.version, False, time.monotonic() - start, None,
@@ -154,7 +166,7 @@ class OnlineLane:
                 log.warning("shadow copy to %s version %s failed: %r", mv.name, mv.version, e)
             return
         total = time.monotonic() - start
-        self._observe(mv.name, mv.version, "200", total, "shadow")
+        self.observe(mv.name, mv.version, "200", total, "shadow", rows=_rows(inputs))
         self.router.report(Outcome(mv.name, mv.version, True, total, pred.outputs, shadow=True, live_outputs=live))
 
     async def drain_shadows(self) -> None:

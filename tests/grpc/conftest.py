@@ -1,0 +1,103 @@
+"""The gRPC tests' servers: ``inferlane serve --grpc-port`` as a subprocess on free ports, ready when
+HTTP says so (the gRPC server starts before HTTP accepts connections)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import textwrap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from inferlane.testing import LOOPBACK, free_port, is_ready, on_free_port, serve_or_fail
+from inferlane.testing.server import serve_command
+from tests.conftest import write_slow_model
+
+TOKEN = "grpc-tests-admin-token-0123"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+"""gRPC metadata keys are lower-case (tritonclient passes ``headers`` as metadata as they are)."""
+
+BROKEN_MODEL = textwrap.dedent('''
+    class Model:
+        def predict(self, batch):
+            x = batch["x"]
+            if (x == 13.0).any():
+                raise ValueError("secret detail: /etc/models/broken cannot take 13")
+            return {"y": x * 2.0}
+''')
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running ``inferlane serve`` with both transports."""
+
+    http_port: int
+    grpc_port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"{LOOPBACK}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{LOOPBACK}:{self.grpc_port}"
+
+
+def _lost_a_port(log_text: str) -> bool:
+    text = log_text.lower()
+    return "address already in use" in text or "cannot listen" in text
+
+
+@contextlib.contextmanager
+def serve_grpc(repo: Path, log: Path, *, extra: list[str] | None = None, env: dict[str, str] | None = None,
+               ready: Callable[[int], bool] = is_ready) -> Iterator[Served]:
+    """``inferlane serve repo --grpc-port P`` on two free ports (both chosen again when one was taken first)."""
+    grpc_ports: dict[int, int] = {}
+
+    def command(port: int) -> list[str]:
+        grpc_ports[port] = free_port()
+        return serve_command(repo, port, ["--grpc-port", str(grpc_ports[port]), *(extra or [])])
+
+    # Each server keeps its job and rollout stores next to its log: load/unload orders stay its own.
+    env = {"INFERLANE_JOBS_STORE": f"sqlite:///{log.parent / 'jobs.db'}",
+           "INFERLANE_ROLLOUT_STORE": f"sqlite:///{log.parent / 'rollouts.db'}", **(env or {})}
+    with on_free_port(command, ready, log=log, what=f"inferlane serve {repo} --grpc-port is ready",
+                      start_timeout_s=120, stop_timeout_s=30, env=env, retry_if=_lost_a_port) as running:
+        yield Served(running.port, grpc_ports[running.port], log)
+
+
+def write_broken_model(repo: Path) -> None:
+    """``broken``: y = 2x, except that it raises (with file paths in its message) on the value 13."""
+    d = repo / "broken"
+    (d / "1").mkdir(parents=True)
+    (d / "1" / "model.py").write_text(BROKEN_MODEL)
+    (d / "model.yaml").write_text(yaml.safe_dump({
+        "runtime": "python",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
+        "warmup": {"batch_sizes": [1]},
+    }))
+
+
+@pytest.fixture(scope="module")
+def grpc_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fraud (ONNX, 1 MiB request limit), ``stats`` (a copy of fraud only the statistics test calls), slow
+    (50 ms per batch of one, queue of 4) and broken (fails on 13)."""
+    repo = tmp_path_factory.mktemp("grpc-models")
+    shutil.copytree(model_repo / "fraud", repo / "fraud")
+    shutil.copytree(model_repo / "fraud", repo / "stats")
+    write_slow_model(repo)
+    write_broken_model(repo)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def served(grpc_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One server for the module: gRPC on, admin token set."""
+    log = tmp_path_factory.mktemp("grpc-log") / "server.log"
+    yield from serve_or_fail(serve_grpc(grpc_repo, log, env={"INFERLANE_ADMIN_TOKEN": TOKEN}))
