@@ -38,21 +38,30 @@ SLOW_MODEL = textwrap.dedent('''
 ''')
 
 
-def write_slow_model(repo: Path, name: str = "slow", delay: float = 0.05, **batching: object) -> Path:
-    """A Python-class model that sleeps ``delay`` seconds per batch (for queueing and deadlines)."""
+X4 = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+      "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}]}
+"""The signature of the test models that map x (FP32 [-1, 4]) to y of the same shape."""
+
+
+def write_python_model(repo: Path, name: str, source: str, config: dict[str, object]) -> Path:
+    """``<repo>/<name>``: version 1 is the Python class in ``source``; model.yaml is ``runtime: python``
+    and ``config`` (its inputs, outputs and any other field)."""
     d = repo / name
     (d / "1").mkdir(parents=True, exist_ok=True)
-    (d / "1" / "model.py").write_text(SLOW_MODEL)
-    (d / "1" / "delay.txt").write_text(str(delay))
-    cfg = {
-        "runtime": "python",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
+    (d / "1" / "model.py").write_text(source)
+    (d / "model.yaml").write_text(yaml.safe_dump({"runtime": "python", **config}))
+    return d
+
+
+def write_slow_model(repo: Path, name: str = "slow", delay: float = 0.05, **batching: object) -> Path:
+    """A Python-class model that sleeps ``delay`` seconds per batch (for queueing and deadlines)."""
+    d = write_python_model(repo, name, SLOW_MODEL, {
+        **X4,
         "batching": {"max_batch_size": 1, "max_queue_size": 4, "max_queue_delay_ms": 0, **batching},
         "timeout_ms": 5000,
         "warmup": {"batch_sizes": [1]},
-    }
-    (d / "model.yaml").write_text(yaml.safe_dump(cfg))
+    })
+    (d / "1" / "delay.txt").write_text(str(delay))
     return d
 
 

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,10 @@ from inferlane.lanes.online import OnlineLane
 from inferlane.rollout.registry import ModelRegistry
 from inferlane.server.app import create_app
 from inferlane.server.settings import ServerSettings
+from inferlane.testing import wait_until_async
 from inferlane.testing.gate import Gate
 from inferlane.transport.http.app import build_http_app
+from tests.conftest import X4, write_python_model
 
 pytestmark = pytest.mark.anyio
 
@@ -61,19 +63,14 @@ class Model:
 def echo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``echo``: y = 2x on FP32 [-1, 4]; one request per batch, a queue of MAX_QUEUE, small limits."""
     repo = tmp_path_factory.mktemp("echo-models")
-    d = repo / "echo"
-    (d / "1").mkdir(parents=True)
-    (d / "1" / "model.py").write_text(ECHO_MODEL)
-    (d / "model.yaml").write_text(yaml.safe_dump({
-        "runtime": "python",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
+    write_python_model(repo, "echo", ECHO_MODEL, {
+        **X4,
         "batching": {"max_batch_size": 1, "max_queue_size": MAX_QUEUE, "max_queue_delay_ms": 0,
                      "max_inflight_batches": 1},
         "limits": ECHO_LIMITS,
         "timeout_ms": 30_000,
         "warmup": {"batch_sizes": []},
-    }))
+    })
     return repo
 
 
@@ -104,14 +101,6 @@ async def serving(repo: Path, *, load: bool = True) -> AsyncIterator[tuple[httpx
 async def app_client(repo: Path, *, load: bool = True) -> AsyncIterator[httpx.AsyncClient]:
     async with serving(repo, load=load) as (client, _):
         yield client
-
-
-async def until(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    """Wait, letting the event loop run, until ``check()`` holds (in-process state of the app)."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.001)
 
 
 def v2(x: np.ndarray, name: str = "x", **extra: Any) -> bytes:
@@ -231,7 +220,7 @@ async def test_a_full_queue_is_503_with_retry_after(echo_repo: Path, gate: Gate)
         held = [asyncio.ensure_future(c.post("/v2/models/echo/infer", content=v2(ONE)))]
         assert await asyncio.to_thread(gate.entered.wait, 10), "no batch reached the model"
         held += [asyncio.ensure_future(c.post("/v2/models/echo/infer", content=v2(ONE))) for _ in range(MAX_QUEUE)]
-        await until(lambda: batcher.queue_depth == MAX_QUEUE, "the queue is full")
+        await wait_until_async(lambda: batcher.queue_depth == MAX_QUEUE, "the queue is full")
         # One request in the model (held at the gate), MAX_QUEUE in the queue: the next ones are refused.
         refused = [await c.post("/v2/models/echo/infer", content=v2(ONE)) for _ in range(3)]
         gate.open()

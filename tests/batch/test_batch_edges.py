@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from inferlane.core.errors import ConfigError
 from inferlane.lanes.batch import dry_run, run_batch
 from tests.batch.test_batch_lane import dataset, job, run_cli
+from tests.conftest import write_python_model
 
 
 @pytest.fixture
@@ -193,13 +193,9 @@ CLOSING = textwrap.dedent('''
 def test_a_usage_error_after_the_model_loaded_closes_it(inp: Path, tmp_path: Path) -> None:
     """A model left open at a usage error is torn down by interpreter exit, where a native thread
     pool's teardown could abort the process ('terminate called without an active exception')."""
-    d = tmp_path / "closing"
-    (d / "1").mkdir(parents=True)
-    (d / "1" / "model.py").write_text(CLOSING)
-    (d / "model.yaml").write_text(yaml.safe_dump({
-        "runtime": "python",
+    d = write_python_model(tmp_path, "closing", CLOSING, {
         "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 30]}],
-        "outputs": [{"name": "score", "datatype": "FP32", "shape": [-1]}]}))
+        "outputs": [{"name": "score", "datatype": "FP32", "shape": [-1]}]})
     marker = d / "1" / "closed"
     kw = {"model": str(d), "input": str(inp), "key": ["id"], "progress": False}
     from inferlane.lanes.batch import BatchJob

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from inferlane.testing import LOOPBACK, free_port, is_ready, on_free_port, serve_or_fail
 from inferlane.testing.server import serve_command
-from tests.conftest import write_slow_model
+from tests.conftest import X4, write_python_model, write_slow_model
 
 TOKEN = "grpc-tests-admin-token-0123"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -73,15 +72,7 @@ def serve_grpc(repo: Path, log: Path, *, extra: list[str] | None = None, env: di
 
 def write_broken_model(repo: Path) -> None:
     """``broken``: y = 2x, except that it raises (with file paths in its message) on the value 13."""
-    d = repo / "broken"
-    (d / "1").mkdir(parents=True)
-    (d / "1" / "model.py").write_text(BROKEN_MODEL)
-    (d / "model.yaml").write_text(yaml.safe_dump({
-        "runtime": "python",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
-        "warmup": {"batch_sizes": [1]},
-    }))
+    write_python_model(repo, "broken", BROKEN_MODEL, {**X4, "warmup": {"batch_sizes": [1]}})
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,8 @@ UNIMPLEMENTED over gRPC)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -16,20 +14,12 @@ import pytest
 
 from inferlane.server.app import create_app
 from inferlane.server.settings import ServerSettings
-from inferlane.testing import LOOPBACK, accepts_connections, free_port
+from inferlane.testing import LOOPBACK, accepts_connections, free_port, wait_until_async
 from inferlane.transport.grpc.proto import grpc_service_pb2 as pb
 from inferlane.transport.grpc.proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from tests.conftest import write_slow_model
 
 pytestmark = pytest.mark.anyio
-
-
-async def until(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    """Wait, letting the event loop run, until ``check()`` holds."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.005)
 
 
 @contextlib.asynccontextmanager
@@ -42,7 +32,7 @@ async def running(tmp_path: Path, port: int) -> AsyncIterator[tuple[httpx.AsyncC
     async with app.app.router.lifespan_context(app.app), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http, \
             grpc.aio.insecure_channel(f"{LOOPBACK}:{port}") as channel:
-        await until(lambda: app.state.registry.ready, "the models are loaded")
+        await wait_until_async(lambda: app.state.registry.ready, "the models are loaded")
         yield http, GRPCInferenceServiceStub(channel)
 
 

@@ -38,12 +38,11 @@ import numpy as np
 import orjson
 import pytest
 import redis
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from inferlane.demo.models import synthetic_transactions
 from inferlane.testing import HttpReceiver, exited, free_port, stop_process, wait_until
-from tests.conftest import Server, _serve, write_slow_model
+from tests.conftest import X4, Server, _serve, write_python_model, write_slow_model
 
 pytestmark = pytest.mark.e2e
 
@@ -206,15 +205,8 @@ def jobs_repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     shutil.copytree(model_repo, repo)
     write_slow_model(repo, "slowjob", delay=0.2, max_batch_size=8, max_queue_size=64, max_queue_delay_ms=20)
     write_slow_model(repo, "sleepy", delay=1.0, max_batch_size=8, max_queue_size=64)
-    boom = repo / "boom"
-    (boom / "1").mkdir(parents=True)
-    (boom / "1" / "model.py").write_text(BOOM_MODEL)
-    (boom / "model.yaml").write_text(yaml.safe_dump({
-        "runtime": "python",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
-        "warmup": {"batch_sizes": []},  # it would fail its warm-up
-    }))
+    write_python_model(repo, "boom", BOOM_MODEL,
+                       {**X4, "warmup": {"batch_sizes": []}})  # it would fail its warm-up
     return repo
 
 

@@ -8,10 +8,8 @@ routed version) and each route doing its work on a real registry and rollout con
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from inferlane.core.errors import InvalidInput
 from inferlane.rollout.registry import ModelRegistry
 from inferlane.server.app import create_app
 from inferlane.server.settings import ServerSettings
+from inferlane.testing import wait_until_async
 from inferlane.transport.http.admin import rollout_spec
 
 pytestmark = pytest.mark.anyio
@@ -86,14 +85,6 @@ def repo(tmp_path: Path) -> Path:
     return tmp_path / "models"
 
 
-async def until(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    """Wait, letting the event loop run, until ``check()`` holds."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.005)
-
-
 @contextlib.asynccontextmanager
 async def admin_client(repo: Path, tmp_path: Path, token: str | None = TOKEN
                        ) -> AsyncIterator[tuple[httpx.AsyncClient, ModelRegistry]]:
@@ -105,7 +96,7 @@ async def admin_client(repo: Path, tmp_path: Path, token: str | None = TOKEN
     registry: ModelRegistry = app.state.registry
     async with app.app.router.lifespan_context(app.app), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
-        await until(lambda: registry.ready, "the models are loaded")
+        await wait_until_async(lambda: registry.ready, "the models are loaded")
         yield c, registry
 
 
@@ -279,4 +270,4 @@ async def test_promote_sends_everything_to_the_new_version(repo: Path, tmp_path:
         assert registry.router.route("m").versions() == ("1",)
         answer = await c.post("/v2/models/m/infer", json=_infer([1, 1, 1, 1]))
         assert answer.status_code == 200 and answer.headers["inferlane-model-version"] == "1"
-        await until(lambda: registry.versions("m") == ["1"], "the old version is unloaded after the drain")
+        await wait_until_async(lambda: registry.versions("m") == ["1"], "the old version is unloaded after the drain")

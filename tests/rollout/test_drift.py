@@ -36,8 +36,8 @@ from inferlane.rollout.router import Outcome
 from inferlane.rollout.stats import bin_index
 from inferlane.server.app import create_app
 from inferlane.server.settings import ServerSettings
-from inferlane.testing import ServerProcess, serve, serve_or_fail
-from tests.rollout.test_admin import AUTH, TOKEN, admin_client, until, write_versioned_model
+from inferlane.testing import ServerProcess, serve, serve_or_fail, wait_until_async
+from tests.rollout.test_admin import AUTH, TOKEN, admin_client, write_versioned_model
 
 SIZE = 200
 """reference_size and window_size of the test models (in predictions)."""
@@ -202,7 +202,7 @@ async def test_a_promoted_version_starts_a_fresh_reference_and_an_unloaded_one_i
         assert canary["1"]["outputs"]["y"]["reference_predictions"] > 0 and not canary["1"]["stable"]
 
         assert (await c.post("/v2/admin/rollouts/m/promote", headers=AUTH)).status_code == 200
-        await until(lambda: registry.versions("m") == ["1", "3"], "version 2 is unloaded after the drain")
+        await wait_until_async(lambda: registry.versions("m") == ["1", "3"], "version 2 is unloaded after the drain")
         await send(c, rng, 5)
         drift = app_drift(c)
         drift.refresh()

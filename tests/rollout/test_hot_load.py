@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from inferlane.core.metrics import Metrics
 from inferlane.lanes.online import OnlineLane
 from inferlane.rollout.registry import ModelRegistry
 from inferlane.rollout.router import Outcome, Route, sticky_point
+from inferlane.testing import wait_until_async
 from inferlane.testing.gate import Gate
 from inferlane.transport.http.app import build_http_app
 from tests.conftest import Server
@@ -115,14 +115,6 @@ async def serving(repo: Path, **registry_args: Any) -> AsyncIterator[
     finally:
         await lane.drain_shadows()
         await registry.close()
-
-
-async def until(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    """Wait, letting the event loop run, until ``check()`` holds (in-process state of the app)."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.001)
 
 
 X = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
@@ -289,9 +281,9 @@ async def test_unload_lets_requests_in_flight_finish(tmp_path: Path, gate: Gate)
         inflight = [asyncio.ensure_future(c.post("/v2/models/m/versions/2/infer", content=v2())) for _ in range(6)]
         assert await asyncio.to_thread(gate.entered.wait, 10), "no batch reached the model"
         batcher = mv.batcher
-        await until(lambda: batcher.queue_depth == 5, "five requests queue behind the running one")
+        await wait_until_async(lambda: batcher.queue_depth == 5, "five requests queue behind the running one")
         unload = asyncio.ensure_future(registry.unload_version("m", "2"))
-        await until(lambda: not mv.ready, "the version stops taking requests")
+        await wait_until_async(lambda: not mv.ready, "the version stops taking requests")
         refused = await c.post("/v2/models/m/versions/2/infer", content=v2())
         assert refused.status_code == 503 and "unloading" in refused.json()["error"]
         assert not unload.done()

@@ -10,12 +10,12 @@ import textwrap
 from pathlib import Path
 
 import orjson
-import yaml
 
 from inferlane.testing import create_topics, wait_until
 from inferlane.testing.processes import stop_process
 from inferlane.testing.services.kafka import kafka_ready, s3_storage_env, tansu_command, tansu_process
 from inferlane.testing.services.s3 import s3_server
+from tests.conftest import write_python_model
 from tests.stream.support import (
     Record,
     finish,
@@ -44,16 +44,11 @@ CRASHING_MODEL = textwrap.dedent(f'''
 
 
 def write_crashing_model(repo: Path) -> Path:
-    d = repo / "crashing"
-    (d / "1").mkdir(parents=True)
-    (d / "1" / "model.py").write_text(CRASHING_MODEL)
-    (d / "model.yaml").write_text(yaml.safe_dump({
-        "runtime": "python",
+    return write_python_model(repo, "crashing", CRASHING_MODEL, {
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
         "warmup": {"batch_sizes": [1]},
-    }))
-    return d
+    })
 
 
 def test_an_event_that_crashes_the_lane_is_dead_lettered_after_max_deliveries(

@@ -56,7 +56,7 @@ from inferlane.testing.services import (
     tansu_process,
 )
 from inferlane.testing.tables import Column, format_table, num, pct, ratio
-from inferlane.testing.waiting import WaitFailed, wait_until
+from inferlane.testing.waiting import WaitFailed, wait_until, wait_until_async
 
 __all__ = [
     "INSTALL_MOTO",
@@ -103,4 +103,5 @@ __all__ = [
     "tree_cpu_seconds",
     "wait_ready",
     "wait_until",
+    "wait_until_async",
 ]

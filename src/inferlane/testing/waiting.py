@@ -11,6 +11,7 @@ Failures raise :class:`WaitFailed`, an AssertionError, so a test shows them as f
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable
 
@@ -35,3 +36,14 @@ def wait_until(check: Callable[[], bool], what: str, timeout_s: float = 60.0, *,
         if time.monotonic() >= deadline:
             raise WaitFailed(f"timed out after {timeout_s:g} s waiting until {what}")
         time.sleep(interval_s)
+
+
+async def wait_until_async(check: Callable[[], bool], what: str, timeout_s: float = 20.0, *,
+                           interval_s: float = 0.005) -> None:
+    """:func:`wait_until` inside an event loop: sleeps with ``asyncio.sleep``, so the loop (an app
+    under test in the same process) runs meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() >= deadline:
+            raise WaitFailed(f"timed out after {timeout_s:g} s waiting until {what}")
+        await asyncio.sleep(interval_s)

@@ -329,7 +329,7 @@ class KeyedLane:
         config = mv.config
         hybrid = config.hybrid
         if inputs is not None:
-            _check_rows(inputs, len(keys), config)
+            _check_rows(inputs, len(keys))
         n = len(keys)
         results: list[str] = [MISSING] * n
         stored: list[kv.Stored | None] = [None] * n
@@ -479,7 +479,7 @@ class KeyedLane:
         task.add_done_callback(self._writes.discard)
 
 
-def _check_rows(inputs: Mapping[str, np.ndarray], n: int, config: ModelConfig) -> None:
+def _check_rows(inputs: Mapping[str, np.ndarray], n: int) -> None:
     for name, arr in inputs.items():
         rows = arr.shape[0] if arr.ndim else 1
         if rows != n:

@@ -201,8 +201,8 @@ def admin_routes(registry: ModelRegistry, controller: RolloutController, token: 
     async def abort(request: Request) -> Response:
         name = model(request)
         doc = await _json_body(request, body_timeout_s, '{"reason": "<at most 500 characters>"}')
-        reason = doc.get("reason") if isinstance(doc, dict) else None
-        if not isinstance(doc, dict) or set(doc) - {"reason"} or (
+        reason = doc.get("reason")
+        if set(doc) - {"reason"} or (
                 reason is not None and (not isinstance(reason, str) or not 0 < len(reason) <= 500)):
             raise InvalidInput("the abort body is empty or {\"reason\": \"<at most 500 characters>\"}")
         if reason is None:
