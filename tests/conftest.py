@@ -53,12 +53,13 @@ def write_python_model(repo: Path, name: str, source: str, config: dict[str, obj
     return d
 
 
-def write_slow_model(repo: Path, name: str = "slow", delay: float = 0.05, **batching: object) -> Path:
+def write_slow_model(repo: Path, name: str = "slow", delay: float = 0.05, timeout_ms: int = 5000,
+                     **batching: object) -> Path:
     """A Python-class model that sleeps ``delay`` seconds per batch (for queueing and deadlines)."""
     d = write_python_model(repo, name, SLOW_MODEL, {
         **X4,
         "batching": {"max_batch_size": 1, "max_queue_size": 4, "max_queue_delay_ms": 0, **batching},
-        "timeout_ms": 5000,
+        "timeout_ms": timeout_ms,
         "warmup": {"batch_sizes": [1]},
     })
     (d / "1" / "delay.txt").write_text(str(delay))

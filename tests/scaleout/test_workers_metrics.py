@@ -16,7 +16,8 @@ from tests.scaleout.helpers import OpenLoop, scrape
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("workers")
-    write_slow_model(root / "repo", delay=1.5, max_queue_size=100)
+    # the kernel may hand every connection to one worker: 10 requests then wait up to 15 s there
+    write_slow_model(root / "repo", delay=1.5, timeout_ms=30_000, max_queue_size=100)
     with serve(root / "repo", log_path=root / "server.log", extra=["--workers", "2", "--target-queue", "4"],
                env={"INFERLANE_JOBS_STORE": f"sqlite:///{root / 'jobs.db'}"}) as server:
         # ready answers once one worker is; the test needs both
@@ -29,7 +30,7 @@ def test_every_scrape_counts_every_workers_requests(two_workers: ServerProcess) 
     with OpenLoop(two_workers.url, rate=50, count=n) as load:
         pass  # leaving waits for every answer (1.5 s each, one at a time per worker)
     assert len(load.results) == n, load.results
-    assert all(code == 200 for _, code in load.results)
+    assert all(code == 200 for _, code in load.results), load.results
     scrapes = [scrape(two_workers.url) for _ in range(20)]
     assert {s["inferlane_replicas"] for s in scrapes} == {2.0}
     assert {s["inferlane_requests_total"] for s in scrapes} == {float(n)}
