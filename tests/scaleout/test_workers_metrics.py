@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from inferlane.testing.server import ServerProcess, serve
@@ -34,6 +35,12 @@ def test_every_scrape_counts_every_workers_requests(two_workers: ServerProcess) 
     scrapes = [scrape(two_workers.url) for _ in range(20)]
     assert {s["inferlane_replicas"] for s in scrapes} == {2.0}
     assert {s["inferlane_requests_total"] for s in scrapes} == {float(n)}
+    # the statistics extension too: every answer counts every worker's requests
+    stats = [httpx.get(f"{two_workers.url}/v2/models/slow/stats", timeout=10).json()["model_stats"][0]
+             for _ in range(20)]
+    assert {(s["inference_count"], s["execution_count"], s["inference_stats"]["success"]["count"]) for s in stats} \
+        == {(n, n, n)}
+    assert {tuple(b["compute_infer"]["count"] for b in s["batch_stats"]) for s in stats} == {(n,)}
 
 
 def test_queue_depth_and_desired_replicas_sum_over_workers(two_workers: ServerProcess) -> None:

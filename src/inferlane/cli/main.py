@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -40,6 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
                               "server processes itself; --workers N runs a fixed number under uvicorn")
     settings = ServerSettings.from_env(model_repository=args.repository, host=args.host, target_queue=args.target_queue,
                                        port=args.port, workers=args.workers, log_level=args.log_level,
+                                       log_format=args.log_format,
                                        watch=args.watch or None, grpc_port=args.grpc_port,
                                        ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
                                        sagemaker=sagemaker, sagemaker_model=args.sagemaker_model)
@@ -54,7 +54,9 @@ def _supervise(settings: ServerSettings, replicas: ReplicaRange, args: argparse.
     from inferlane.server.supervisor import Supervisor
 
     down = args.scale_down_window if args.scale_down_window is not None else 6 * args.scale_window
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from inferlane.core.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     return Supervisor(settings, replicas, args.scale_window, down).run()
 
 
@@ -134,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 6 x --scale-window)")
     s.add_argument("--log-level", default=None,
                    choices=["critical", "error", "warning", "info", "debug"], help="default info")
+    s.add_argument("--log-format", default=None, choices=["text", "json"],
+                   help="json: one JSON object per line, plus one line per model request (INFERLANE_LOG_FORMAT; "
+                        "default text)")
     s.add_argument("--watch", action="store_true",
                    help="hot-load new version folders of the repository while serving, without traffic "
                         "(INFERLANE_WATCH)")
@@ -151,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the model /invocations serves when the repository has several (SAGEMAKER_INFERLANE_MODEL)")
     s.set_defaults(func=_serve)
 
-    from inferlane.cli import batch, deploy, features, jobs, rollout, stream
+    from inferlane.cli import advise, batch, bench, deploy, features, jobs, rollout, stream
 
     batch.add_parser(sub)
     jobs.add_parser(sub)
@@ -159,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_parser(sub)
     features.add_parser(sub)
     deploy.add_parser(sub)
+    bench.add_parser(sub)
+    advise.add_parser(sub)
 
     m = sub.add_parser("models", help="model repository tools")
     msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")

@@ -11,7 +11,7 @@ custom collectors registered with :meth:`Metrics.register` must take their own l
     rows = metrics.counter("inferlane_batch_rows_total", "Rows by outcome", ("outcome",))
     rows.labels("fraud", "1", "batch", "written").inc(4096)
     metrics.serve(9100)                                    # or metrics.push("http://gateway:9091", "job")
-    metrics.model_stats("fraud", "1").doc()                # the statistics extension's counters (Triton's shape)
+    metrics.stats_doc("fraud", "1")                        # the statistics extension's counters (Triton's shape), every process
     generate_latest(metrics.scrape())                      # /metrics: every process, and the desired replicas
 
 Several server processes (``serve --workers N``, ``serve --replicas MIN..MAX``) share their series
@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 
@@ -116,10 +117,12 @@ class Metrics:
         self._queues.append(states)
 
     def publish_queues_once(self) -> None:
-        """Write this process's queue states into the shared (livesum) gauges; a queue gone since
-        the last call goes to zero. Nothing to do in one process."""
+        """Write this process's queue states into the shared (livesum) gauges, and its statistics
+        extension counters into its file there; a queue gone since the last call goes to zero.
+        Nothing to do in one process."""
         if self._live_queues is None:
             return
+        self._publish_stats()
         depth, inflight = self._live_queues
         seen: set[tuple[str, str, str]] = set()
         for source in self._queues:
@@ -154,9 +157,46 @@ class Metrics:
         multiprocess.MultiProcessCollector(merged, self.multiprocess)  # type: ignore[no-untyped-call]
         return _Scrape(merged, self.target_queue)
 
+    def stats_doc(self, model: str, version: str) -> dict[str, object]:
+        """The statistics extension's counters of one version (``ModelStats.doc``) for the whole
+        server: several processes add up, each as of its last publication (this one: now)."""
+        if self.multiprocess is None:
+            return self.model_stats(model, version).doc()
+        self._publish_stats()
+        name = _stats_name(model, version)
+        docs = []
+        for path in glob.glob(os.path.join(self.multiprocess, "stats_*.json")):
+            try:
+                with open(path, "rb") as f:
+                    found = orjson.loads(f.read()).get(name)
+            except (OSError, orjson.JSONDecodeError, AttributeError):
+                continue  # a process's file being replaced, or not ours: skip it this time
+            if isinstance(found, dict):
+                docs.append(found)
+        return merge_stats_docs(docs)
+
+    def _publish_stats(self) -> None:
+        """This process's statistics counters into ``stats_<pid>.json`` in the shared folder (written
+        whole, then renamed: readers never see half a file). The files of exited processes stay:
+        their work still counts, as their Prometheus counters do."""
+        assert self.multiprocess is not None
+        with self._lock:
+            stats = list(self._stats.items())
+        doc = {_stats_name(m, v): s.doc() for (m, v), s in stats}
+        path = os.path.join(self.multiprocess, f"stats_{os.getpid()}.json")
+        tmp = f"{path}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(orjson.dumps(doc))
+            os.replace(tmp, path)
+        except OSError:  # a full or vanished folder costs the statistics, never a request
+            pass
+
     def close(self) -> None:
-        """At process exit: drop this process's live gauges from the shared files."""
+        """At process exit: publish this process's statistics one last time and drop its live
+        gauges from the shared files."""
         if self.multiprocess is not None:
+            self._publish_stats()
             multiprocess.mark_process_dead(os.getpid(), self.multiprocess)  # type: ignore[no-untyped-call]
 
     # -- the one helper lanes declare their series with ------------------------------------------
@@ -318,6 +358,35 @@ class ModelStats:
             "batch_stats": [{"batch_size": rows, "compute_input": zero, "compute_infer": d.doc(),
                              "compute_output": zero} for rows, d in sorted(self._batches.items())],
         }
+
+
+def _stats_name(model: str, version: str) -> str:
+    return f"{model}\x00{version}"
+
+
+def merge_stats_docs(docs: Sequence[dict[str, Any]]) -> dict[str, object]:
+    """Several processes' ``ModelStats.doc()`` of one version as one: counts and times add up, the
+    last inference is the latest, batch statistics add up by batch size."""
+    merged: dict[str, Any] = ModelStats().doc()
+    batches: dict[int, dict[str, int]] = {}
+    for doc in docs:
+        merged["last_inference"] = max(merged["last_inference"], int(doc.get("last_inference", 0)))
+        for field_name in ("inference_count", "execution_count"):
+            merged[field_name] += int(doc.get(field_name, 0))
+        for kind, duration in (doc.get("inference_stats") or {}).items():
+            into = merged["inference_stats"].get(kind)
+            if into is not None and isinstance(duration, dict):
+                merged["inference_stats"][kind] = {"count": into["count"] + int(duration.get("count", 0)),
+                                                   "ns": into["ns"] + int(duration.get("ns", 0))}
+        for entry in doc.get("batch_stats") or []:
+            infer = entry.get("compute_infer") or {}
+            total = batches.setdefault(int(entry["batch_size"]), {"count": 0, "ns": 0})
+            total["count"] += int(infer.get("count", 0))
+            total["ns"] += int(infer.get("ns", 0))
+    zero = {"count": 0, "ns": 0}
+    merged["batch_stats"] = [{"batch_size": rows, "compute_input": zero, "compute_infer": d, "compute_output": zero}
+                             for rows, d in sorted(batches.items())]
+    return merged
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,6 +182,16 @@ class ModelVersion:
         rng = np.random.default_rng(0)
         return [{s.name: _generate(s, n, rng) for s in self.config.inputs} for n in w.batch_sizes]
 
+    def sample_inputs(self, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """``rows`` rows of valid inputs: the first declared warm-up input repeated, else generated from
+        the signature as warm-up does (the profiler's inputs)."""
+        if self.config.warmup.inputs:
+            first = self.warmup_batches()[0]
+            have = next(iter(first.values())).shape[0]
+            return {k: np.take(v, np.arange(rows) % have, axis=0) for k, v in first.items()}
+        rng = np.random.default_rng(seed)
+        return {s.name: _generate(s, rows, rng) for s in self.config.inputs}
+
     def warmup(self) -> float:
         """Run every warm-up batch once; returns the slowest forward time (seconds) and seeds the
         batcher's estimates with it (the first call of a model is its slowest: the estimates only

@@ -23,6 +23,7 @@ from starlette.routing import Route
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from inferlane.core.errors import ConfigError
+from inferlane.core.logs import configure_logging
 from inferlane.core.metrics import MULTIPROC_ENV, Metrics
 from inferlane.core.process import tune_gc
 from inferlane.lanes.jobs import JobsLane, JobWorker
@@ -40,8 +41,10 @@ from inferlane.store.rollout import open_rollout_store
 from inferlane.transport.http.admin import AdminToken, admin_routes
 from inferlane.transport.http.app import FastInferApp, build_http_app
 from inferlane.transport.http.body import loopback_hosts
+from inferlane.transport.http.dashboard import dashboard_routes
 from inferlane.transport.http.extensions import extension_routes
 from inferlane.transport.http.protocol import ConnectionLimits, GuardedConfig
+from inferlane.transport.http.requestlog import RequestLog
 from inferlane.transport.http.sagemaker import model_for_sagemaker, sagemaker_routes
 
 if TYPE_CHECKING:
@@ -80,6 +83,7 @@ def create_app(settings: ServerSettings) -> FastInferApp:
         log.info("admin API off: set INFERLANE_ADMIN_TOKEN to turn on /v2/admin (hot load, rollouts)")
     token = AdminToken(settings.admin_token) if settings.admin_token else None
     extensions = extension_routes(registry, metrics, controller.orders, token, settings.body_timeout_s)
+    extensions += dashboard_routes(registry, metrics, controller)  # public, like /metrics (docs/dashboard.md)
     if settings.sagemaker:
         extensions += sagemaker_mode(settings, lane, jobs)
     grpc = grpc_server(settings, lane, jobs, controller, token) if settings.grpc_port else None
@@ -193,15 +197,20 @@ async def _logged(work: Callable[[], Awaitable[None]], what: str) -> None:
         log.exception("%s stopped on an unexpected error", what)
 
 
-def app_from_env() -> FastInferApp:
+def app_from_env() -> FastInferApp | RequestLog:
     """Factory for uvicorn worker processes (``--workers N``): settings come from INFERLANE_*."""
     settings = ServerSettings.from_env()
     _log_to_stderr(settings)  # a spawned worker does not inherit the parent's logging set-up
-    return create_app(settings)
+    return _with_request_log(create_app(settings), settings)
 
 
 def _log_to_stderr(settings: ServerSettings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
+
+
+def _with_request_log(app: FastInferApp, settings: ServerSettings) -> FastInferApp | RequestLog:
+    """One log line per request in JSON mode only: in text mode nothing wraps the app (no cost)."""
+    return RequestLog(app) if settings.log_format == "json" else app
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
@@ -281,6 +290,8 @@ def run(settings: ServerSettings) -> None:
         # X-Forwarded-* rewriting is for deployments behind a proxy; it costs time on every request.
         "proxy_headers": False,
     }
+    if settings.log_format == "json":
+        common["log_config"] = None  # keep configure_logging's JSON handler on uvicorn's loggers too
     if settings.ssl_certfile is not None and settings.ssl_keyfile is not None:
         common.update(ssl_certfile=str(settings.ssl_certfile), ssl_keyfile=str(settings.ssl_keyfile))
     limits = connection_limits(settings)
@@ -291,7 +302,7 @@ def run(settings: ServerSettings) -> None:
         with shared_metrics_dir():  # every worker's series in one place: any worker answers /metrics for all
             Multiprocess(config, sockets=[sock]).run()
         return
-    config = GuardedConfig(create_app(settings), limits=limits, **common)
+    config = GuardedConfig(_with_request_log(create_app(settings), settings), limits=limits, **common)
     server = uvicorn.Server(config)
     server.run(sockets=[sock])
     if not server.started:  # start-up failed; uvicorn logged why

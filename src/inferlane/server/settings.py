@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -43,6 +44,9 @@ class ServerSettings(BaseModel):
     kernel sends no connection to a cold process (set by ``--replicas`` on its replicas)."""
     log_level: str = Field(default="info", pattern="^(critical|error|warning|info|debug)$")
     """Logging level."""
+    log_format: Literal["text", "json"] = "text"
+    """``text`` for people; ``json``: one JSON object per line (ts, level, logger, msg, fields), and one line
+    per model request with its id, model, version, lane, status and durations (docs/dashboard.md)."""
     body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     """Longest a client may take to send a request body (408 past it)."""
     header_timeout_s: float = Field(default=10.0, gt=0, le=3600)

@@ -47,7 +47,7 @@ def statistics(registry: ModelRegistry, metrics: Metrics, name: str = "", versio
     else:
         registry.resolve(name)
         pairs = [(name, v) for v in registry.versions(name)]
-    return {"model_stats": [{"name": n, "version": v, **metrics.model_stats(n, v).doc()} for n, v in pairs]}
+    return {"model_stats": [{"name": n, "version": v, **metrics.stats_doc(n, v)} for n, v in pairs]}
 
 
 def _models_on_disk(registry: ModelRegistry) -> dict[str, Path]:
