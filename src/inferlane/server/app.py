@@ -86,7 +86,7 @@ def create_app(settings: ServerSettings) -> FastInferApp:
     extensions += dashboard_routes(registry, metrics, controller)  # public, like /metrics (docs/dashboard.md)
     if settings.sagemaker:
         extensions += sagemaker_mode(settings, lane, jobs)
-    grpc = grpc_server(settings, lane, jobs, controller, token) if settings.grpc_port else None
+    grpc = grpc_server(settings, lane, jobs, controller, token, keyed) if settings.grpc_port else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -167,7 +167,7 @@ def sagemaker_mode(settings: ServerSettings, lane: OnlineLane, jobs: JobsLane) -
 
 
 def grpc_server(settings: ServerSettings, lane: OnlineLane, jobs: JobsLane, controller: RolloutController,
-                token: AdminToken | None) -> GrpcServer:
+                token: AdminToken | None, keyed: KeyedLane | None = None) -> GrpcServer:
     """The gRPC transport (``--grpc-port``) on the online lane, started by the lifespan; ConfigError
     with the install command when grpcio is missing."""
     try:
@@ -179,7 +179,7 @@ def grpc_server(settings: ServerSettings, lane: OnlineLane, jobs: JobsLane, cont
     def ready() -> bool:  # as /v2/health/ready
         return registry.ready and jobs.worker_problem is None
 
-    service = InferenceService(lane, ready, orders=controller.orders, token=token)
+    service = InferenceService(lane, ready, orders=controller.orders, token=token, keyed=keyed)
     largest = max(e.config.limits.max_request_bytes for e in registry.entries.values())
     tls = None
     if settings.ssl_certfile is not None and settings.ssl_keyfile is not None:

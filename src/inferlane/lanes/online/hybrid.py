@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import Counter, Histogram
 
+from inferlane.core import codec
 from inferlane.core.datatypes import to_numpy
 from inferlane.core.errors import InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from inferlane.core.inputs.signature import shape_ok
@@ -88,6 +89,44 @@ def request_keys(parameters: Mapping[str, Any], max_keys: int) -> list[str] | No
     if len(set(keys)) != len(keys):
         raise InvalidInput("parameters.key lists a key twice")
     return keys
+
+
+def max_keys(config: ModelConfig) -> int:
+    """Keys one request may name (``hybrid.max_keys``; 1000 for a features-only model)."""
+    return config.hybrid.max_keys if config.hybrid is not None else 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """Where one V2 request goes, as every transport decides it (:func:`route_request`)."""
+
+    model: ModelVersion
+    keys: list[str] | None
+    """``parameters.key`` when the model answers by key (``hybrid:`` or ``features:``), else None."""
+    key: str | None
+    """The routing key (sticky canary): the header's, ``parameters.routing_key``, or the one key."""
+
+
+def route_request(lane: OnlineLane, keyed: bool, mv: ModelVersion, inputs: Mapping[str, np.ndarray],
+                  parameters: Mapping[str, Any], *, pinned: bool, key: str | None) -> Routing:
+    """The one rule, for HTTP and gRPC alike, after the request was decoded against ``mv`` (the
+    router's first choice): which keys it asks for, its routing key, and the version that answers.
+    ``keyed``: the server answers by key; ``pinned``: the request named its version."""
+    keys = None
+    if keyed and KeyedLane.wants(mv.config):
+        keys = request_keys(parameters, max_keys(mv.config))
+        if keys is None and mv.config.features is not None:
+            raise InvalidInput(f"model {mv.name} takes stored features by key: send parameters.key")
+    elif not inputs:
+        raise InvalidInput(f"model {mv.name} answers no request by key (no hybrid: or features: section): send inputs")
+    if key is None:
+        if parameters:
+            key = codec.routing_key(parameters.get("routing_key"), "parameters.routing_key")
+        if key is None and keys is not None and len(keys) == 1:
+            key = keys[0]  # one user sees one version
+        if key is not None and not pinned:
+            mv = lane.registry.get(mv.name, None, key)
+    return Routing(mv, keys, key)
 
 
 # -- stores ---------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from inferlane.core.errors import (
     QueueFull,
 )
 from inferlane.lanes.online import OnlineLane
+from inferlane.lanes.online.hybrid import KeyedLane, route_request
 from inferlane.rollout.versions import VersionOrders
 from inferlane.transport.extensions import (
     load_model,
@@ -126,8 +127,10 @@ class InferenceService:
     """
 
     def __init__(self, lane: OnlineLane, ready: Callable[[], bool], *, orders: VersionOrders,
-                 token: AdminToken | None = None) -> None:
+                 token: AdminToken | None = None, keyed: KeyedLane | None = None) -> None:
         self.lane = lane
+        self.keyed = keyed
+        """Requests with ``parameters.key`` to models with ``hybrid:`` or ``features:`` (as over HTTP)."""
         self.registry = lane.registry
         self.ready = ready
         self.orders = orders
@@ -196,13 +199,17 @@ class InferenceService:
                 raise PayloadTooLarge(f"message of {request.size} bytes exceeds the model's limit of "
                                       f"{limits.max_request_bytes} bytes")
             req = decode_request(message, limits.max_elements_per_input)
-            if key is None and req.parameters:
-                key = codec.routing_key(req.parameters.get("routing_key"), "parameters.routing_key")
-                if key is not None and version is None:
-                    mv = registry.get(mv.name, None, key)
+            routing = route_request(self.lane, self.keyed is not None, mv, req.inputs, req.parameters,
+                                    pinned=version is not None, key=key)
+            mv = routing.model
             codec.check_requested_outputs(req, mv.config)
             timeout = _time_limit(context, req.parameters)
-            result = await self.lane.infer_on(mv, req.inputs, timeout, routed=version is None, key=key)
+            if routing.keys is not None:
+                assert self.keyed is not None
+                keyed = await self.keyed.infer(mv, req.inputs or None, routing.keys, timeout,
+                                               routed=version is None, key=routing.key)
+                return encode_response(keyed.model.name, keyed.model.version, keyed.outputs, req, keyed.parameters())
+            result = await self.lane.infer_on(mv, req.inputs, timeout, routed=version is None, key=routing.key)
         except InferlaneError as e:  # the answer still names the version the request went to
             await abort(context, e, mv.version)
             raise  # not reached: abort raises

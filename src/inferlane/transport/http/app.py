@@ -26,7 +26,7 @@ from inferlane.core.repository import ModelEntry
 from inferlane.core.spec import ModelConfig
 from inferlane.lanes.jobs import JobsLane
 from inferlane.lanes.online import OnlineLane
-from inferlane.lanes.online.hybrid import KeyedLane, request_keys
+from inferlane.lanes.online.hybrid import KeyedLane, max_keys, request_keys
 from inferlane.transport.http.body import JSON, check_host, read_body, scope_headers
 from inferlane.transport.http.body import json_response as _json
 from inferlane.transport.http.infer import (
@@ -158,7 +158,7 @@ def build_http_app(lane: OnlineLane,
         timeout = timeout_s(request.headers.get(TIMEOUT_HEADER), {})
         if v1.key is not None:
             assert keyed is not None and e.config.hybrid is not None
-            keys = request_keys({"key": v1.key}, e.config.hybrid.max_keys)
+            keys = request_keys({"key": v1.key}, max_keys(e.config))
             assert keys is not None
             if key is None and len(keys) == 1:
                 key = keys[0]

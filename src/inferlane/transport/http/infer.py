@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 from inferlane.core import codec
 from inferlane.core.errors import InferlaneError, InvalidInput, ModelError, QueueFull
 from inferlane.lanes.online import OnlineLane, OnlineResult
-from inferlane.lanes.online.hybrid import KeyedLane, KeyedResult, request_keys
+from inferlane.lanes.online.hybrid import KeyedLane, KeyedResult, route_request
 from inferlane.transport.http.body import check_host, int_header, receive_body, scope_headers
 
 log = logging.getLogger(__name__)
@@ -116,10 +116,6 @@ def error_parts(e: InferlaneError) -> Parts:
     return e.http_status, headers, body
 
 
-def _max_keys(config: Any) -> int:
-    return config.hybrid.max_keys if config.hybrid is not None else 1000
-
-
 def match(scope: Scope) -> tuple[str, str | None] | None:
     """(model, version) when ``scope`` is a POST to an infer route, else None."""
     if scope["type"] != "http" or scope["method"] != "POST":
@@ -160,29 +156,18 @@ class InferRoute:
             body = await receive_body(receive, length, limits.max_request_bytes, self.body_timeout_s)
             req = codec.parse_infer_request(body, int_header(headers.get(_HEADER_LENGTH), codec.HEADER_LENGTH),
                                             limits.max_elements_per_input)
-            keys = None
-            if self.keyed is not None and KeyedLane.wants(mv.config):
-                keys = request_keys(req.parameters, _max_keys(mv.config))
-                if keys is None and mv.config.features is not None:
-                    raise InvalidInput(f"model {mv.name} takes stored features by key: send parameters.key")
-            elif not req.inputs:
-                raise InvalidInput(f"model {mv.name} answers no request by key (no hybrid: or features: "
-                                   "section): send inputs")
-            if key is None:
-                if req.parameters:
-                    key = codec.routing_key(req.parameters.get("routing_key"), "parameters.routing_key")
-                if key is None and keys is not None and len(keys) == 1:
-                    key = keys[0]  # one user sees one version
-                if key is not None and version is None:
-                    mv = registry.get(name, None, key)
+            routing = route_request(self.lane, self.keyed is not None, mv, req.inputs, req.parameters,
+                                    pinned=version is not None, key=key)
+            mv = routing.model
             codec.check_requested_outputs(req, mv.config)
             timeout = timeout_s(headers.get(_TIMEOUT), req.parameters)
-            if keys is not None:
+            if routing.keys is not None:
                 assert self.keyed is not None
-                keyed = await self.keyed.infer(mv, req.inputs or None, keys, timeout, routed=version is None, key=key)
+                keyed = await self.keyed.infer(mv, req.inputs or None, routing.keys, timeout, routed=version is None,
+                                               key=routing.key)
                 return self._answer(keyed.model.name, keyed.model.version, keyed.outputs, req,
                                     keyed_headers(keyed), keyed.parameters())
-            result = await self.lane.infer_on(mv, req.inputs, timeout, routed=version is None, key=key)
+            result = await self.lane.infer_on(mv, req.inputs, timeout, routed=version is None, key=routing.key)
         except InferlaneError as e:  # the answer still names the version the request went to
             status, error_headers, error_body = error_parts(e)
             error_headers.append((_VERSION, mv.version.encode()))
