@@ -61,3 +61,25 @@ def test_replica_range_parses(text: str, low: int, high: int) -> None:
 def test_replica_range_refuses_hostile_values(text: str, says: str) -> None:
     with pytest.raises(ConfigError, match=says):
         ReplicaRange.parse(text)
+
+
+def test_busy_replicas_are_not_scaled_down_on_a_short_queue() -> None:
+    """Three replicas that keep up without queueing (load 2) but use 1.9 CPUs: two would run at 95%
+    of their event loops, so the queue would grow back; nothing is removed. Once they use 1.2 CPUs
+    (60% of two), one goes after the down window."""
+    p = ScalePolicy(ReplicaRange(1, 4), target=20, up_window_s=10, down_window_s=60, cpus=4)
+    for t in range(0, 200, 10):
+        assert p.observe(t, 2, 3, busy_cpus=1.9).delta == 0
+    assert p.observe(200, 2, 3, busy_cpus=1.2).delta == 0  # the window starts now
+    assert p.observe(259, 2, 3, busy_cpus=1.2).delta == 0
+    step = p.observe(260, 2, 3, busy_cpus=1.2)
+    assert step.delta == -1 and "1.20 CPU" in step.reason
+
+
+def test_the_machine_bounds_what_the_replicas_left_can_use() -> None:
+    """Four replicas on a 2-CPU machine: three left could still use only 2 CPUs."""
+    p = ScalePolicy(ReplicaRange(1, 4), target=20, up_window_s=10, down_window_s=0, cpus=2)
+    assert not p.fits_fewer(1.5, 4) and p.fits_fewer(1.4, 4)
+    assert p.observe(0, 0, 4, busy_cpus=1.5).delta == 0
+    assert p.observe(1, 0, 4, busy_cpus=1.3).delta == -1
+    assert p.fits_fewer(None, 4)  # unknown CPU use: load alone decides, as before

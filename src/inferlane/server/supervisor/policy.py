@@ -7,6 +7,13 @@ Load is requests waiting plus batches running, summed over every model and repli
 (docs/scaling.md). The policy adds one replica once ``ceil(load / target)`` has stayed above the
 replica count for ``up_window_s``, and removes one once it has stayed below for ``down_window_s``
 (longer: scale down slowly), never leaving MIN..MAX. Time is passed in, so tests drive it by hand.
+
+Queue depth alone can undershoot on the way down: replicas that keep up without queueing report a
+small load even when they are nearly saturated, and removing one would make the queue grow back
+(and the replicas flap). So when the replicas' CPU use is known (``busy_cpus``, measured by the
+supervisor), a replica is removed only if what they use now would fit the replicas left at
+``DOWN_BUSY_LIMIT`` of their capacity: one CPU per replica (its event loop), at most the CPUs the
+machine lets the server use.
 """
 
 from __future__ import annotations
@@ -57,10 +64,13 @@ class ScaleStep:
 
 
 HOLD = ScaleStep(0, "")
+DOWN_BUSY_LIMIT = 0.7
+"""Scale down only if the replicas left would be busy below this share of their CPUs."""
 
 
 class ScalePolicy:
-    def __init__(self, replicas: ReplicaRange, target: int, up_window_s: float, down_window_s: float) -> None:
+    def __init__(self, replicas: ReplicaRange, target: int, up_window_s: float, down_window_s: float,
+                 cpus: int = 1 << 30) -> None:
         if target < 1:
             raise ConfigError("the target queue per replica must be at least 1")
         if up_window_s < 0 or down_window_s < 0:
@@ -69,6 +79,8 @@ class ScalePolicy:
         self.target = target
         self.up_window_s = up_window_s
         self.down_window_s = down_window_s
+        self.cpus = cpus
+        """CPUs the server may use on this machine (core/cpus.py): what the replicas share."""
         self._above_since: float | None = None
         self._below_since: float | None = None
 
@@ -76,7 +88,15 @@ class ScalePolicy:
         """ceil(load / target), within MIN..MAX."""
         return min(self.range.high, max(self.range.low, math.ceil(load / self.target)))
 
-    def observe(self, now: float, load: float, replicas: int) -> ScaleStep:
+    def fits_fewer(self, busy_cpus: float | None, replicas: int) -> bool:
+        """Whether ``busy_cpus`` (the replicas' CPU use now; None: unknown) would fit one replica fewer."""
+        if busy_cpus is None:
+            return True
+        return busy_cpus <= DOWN_BUSY_LIMIT * min(replicas - 1, self.cpus)
+
+    def observe(self, now: float, load: float, replicas: int, busy_cpus: float | None = None) -> ScaleStep:
+        """The step to take at ``now``; ``busy_cpus``: the CPUs the replicas use now (None: unknown),
+        which must fit one replica fewer before one is removed."""
         want = self.desired(load)
         if want > replicas:
             self._below_since = None
@@ -88,12 +108,13 @@ class ScalePolicy:
                                      f"for {self.up_window_s:g} s")
             return HOLD
         self._above_since = None
-        if want < replicas:
+        if want < replicas and self.fits_fewer(busy_cpus, replicas):
             if self._below_since is None:
                 self._below_since = now
             if now - self._below_since >= self.down_window_s:
                 self._below_since = now
-                return ScaleStep(-1, f"load {load:g} fits {replicas - 1} replica(s) at target {self.target} "
+                busy = "" if busy_cpus is None else f", using {busy_cpus:.2f} CPU"
+                return ScaleStep(-1, f"load {load:g} fits {replicas - 1} replica(s) at target {self.target}{busy} "
                                      f"for {self.down_window_s:g} s")
             return HOLD
         self._below_since = None

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, multiprocess
 
+from inferlane.core.cpus import cpu_budget
 from inferlane.core.errors import ConfigError
 from inferlane.core.metrics import load_by_model, reap_dead_processes
 from inferlane.server.app import bind, shared_metrics_dir
@@ -62,6 +63,45 @@ class Reading:
     """Replicas warmed up and listening (the sum of ``inferlane_replicas``)."""
 
 
+class CpuMeter:
+    """The CPUs a set of processes uses, smoothed over a few seconds: each reading adds the CPU time
+    (``/proc/<pid>/stat``: user + system) each process spent since the last, over the wall time
+    between them. None where /proc is missing (not Linux): the policy then goes by load alone."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, smoothing_s: float = 5.0) -> None:
+        self._clock = clock
+        self._smoothing_s = smoothing_s
+        self._last: dict[int, float] = {}
+        self._at: float | None = None
+        self.busy: float | None = None
+        """Smoothed CPUs used (1.0: one CPU all the time); None until two readings."""
+
+    def read(self, pids: list[int]) -> float | None:
+        now = self._clock()
+        seen = {pid: t for pid in pids if (t := cpu_seconds(pid)) is not None}
+        if self._at is not None and now > self._at and seen:
+            used = sum(t - self._last[pid] for pid, t in seen.items() if pid in self._last)
+            rate = max(0.0, used / (now - self._at))
+            weight = 1.0 if self._smoothing_s <= 0 else min(1.0, (now - self._at) / self._smoothing_s)
+            self.busy = rate if self.busy is None else self.busy + weight * (rate - self.busy)
+        self._last, self._at = seen, now
+        return self.busy
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU seconds of process ``pid`` so far; None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(b")") + 2:].split()  # after "pid (comm) ": state is field 3
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime: fields 14 and 15
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def read_shared(path: str) -> Reading:
     reap_dead_processes(path)
     registry = CollectorRegistry()
@@ -78,7 +118,9 @@ class Supervisor:
             raise ConfigError("--replicas and --workers are exclusive: --replicas MIN..MAX runs and scales whole "
                               "server processes itself (drop --workers / INFERLANE_WORKERS)")
         self.settings = settings
-        self.policy = ScalePolicy(replicas, settings.target_queue, up_window_s, down_window_s)
+        self.policy = ScalePolicy(replicas, settings.target_queue, up_window_s, down_window_s,
+                                  cpus=cpu_budget().cpus)
+        self.cpu = CpuMeter(clock)
         self.count = replicas.low
         """Replicas wanted now (MIN..MAX); the running ones are brought to it every tick."""
         self.replicas: list[Replica] = []
@@ -119,7 +161,8 @@ class Supervisor:
                 if reading.serving > self._serving:
                     self._early_exits = 0
                 self._serving = reading.serving
-            step = self.policy.observe(self._clock(), reading.load, self.count)
+            busy = self.cpu.read([r.pid for r in self.replicas])
+            step = self.policy.observe(self._clock(), reading.load, self.count, busy)
             if step.delta:
                 self.count += step.delta
                 log.info("supervisor: scale %s to %d replica(s): %s", "up" if step.delta > 0 else "down",
