@@ -58,7 +58,7 @@ def main(port: int) -> None:
         elif name == "flaky" and counts[name] % FLAKY_EVERY == 0:
             return Response(b'{"error":"busy"}', 503, media_type="application/json")
         elif name.startswith("stall-") and counts[name] == STALL_AT:
-            time.sleep(STALL_S)  # freezes the event loop: the whole server stalls
+            time.sleep(STALL_S)  # noqa: ASYNC251 -- on purpose: freezes the event loop, the whole server stalls
         return Response(ANSWER, media_type="application/json")
 
     async def predict(request: Request) -> Response:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bench.app import DELAY_S, FLAKY_EVERY, STALL_S
-
 from inferlane.bench import Plan, measure, render, resolve
+from tests.bench.app import DELAY_S, FLAKY_EVERY, STALL_S
 
 
 def test_open_loop_reports_a_fixed_delay_within_ten_percent(app_url: str) -> None:

@@ -89,7 +89,7 @@ def migration(current: Pattern | None, target: Pattern, w: Workload, profile: Pr
     if current is None:
         steps = setup
     elif current == target:
-        steps = [f"you already run {target}; keep it sized from the profile:", *setup]
+        steps = [*setup, f"you already run {target}: keep its settings and size as above (from the profile)"]
     else:
         steps = [*setup,
                  f"run {target} beside {current} on the same model version: every lane runs the same forward pass, "

@@ -8,8 +8,10 @@ The numbers the batcher settings and the advisor's cost math need come from here
 
 Rules (docs/choosing.md, "Profile a model"):
 
-- **Throughput** at a batch size is ``batch_size / p50 forward time``: the median, so one slow pass
-  on a shared machine does not bend the curve.
+- **Throughput** at a batch size is ``batch_size`` / the median forward time of its fastest round:
+  every size is timed in ``ROUNDS`` interleaved rounds, and load from elsewhere on a shared machine
+  only ever slows a round down, so the fastest round is the model's own speed (``timeit``'s
+  reasoning). p50 and p99 are over every timed pass.
 - **The knee** is the smallest batch size whose rows/s reach ``KNEE_FRACTION`` (90 %) of the peak:
   past it, bigger batches buy at most 10 % more throughput and cost latency.
 - **The batching advice** for a p99 budget: a request may wait up to ``max_queue_delay_ms``, then for
@@ -23,6 +25,7 @@ core/cpus.py), and runs through ``ModelVersion.forward``, the one forward pass e
 
 from __future__ import annotations
 
+import math
 import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +47,8 @@ DEFAULT_SIZES = tuple(2 ** i for i in range(11))
 """1, 2, 4, ... 1024."""
 MIN_REPEATS, MAX_REPEATS = 3, 1000
 """Timed forward passes per batch size: at least this many, at most that many."""
+ROUNDS = 10
+"""Rounds over all batch sizes (interleaved, so load from elsewhere hits every size alike)."""
 SLOW_FORWARD_S = 10.0
 """A forward pass slower than this ends the sweep: larger batches would only be slower."""
 
@@ -60,7 +65,7 @@ class ProfilePoint:
     p50_ms: float
     p99_ms: float
     rows_per_s: float
-    """``batch_size / p50``."""
+    """``batch_size`` / the median forward time of the fastest round (of ``ROUNDS``)."""
     batch_bytes: int
     """Bytes of the inputs and outputs of one batch."""
     rss_growth_bytes: int
@@ -185,27 +190,68 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
-def measure(forward: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], batch: dict[str, np.ndarray],
-            seconds: float) -> ProfilePoint:
-    """Time ``forward(batch)``: one untimed pass, then at least ``MIN_REPEATS`` and at most
-    ``MAX_REPEATS`` passes, stopping once ``seconds`` have been spent."""
-    rows = next(iter(batch.values())).shape[0]
+Forward = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass(slots=True)
+class _Size:
+    batch: dict[str, np.ndarray]
+    batch_bytes: int
+    rss_growth_bytes: int
+    times: list[float]
+    round_medians: list[float]
+
+
+def _warm(forward: Forward, batch: dict[str, np.ndarray]) -> tuple[_Size, float]:
+    """One untimed pass: the batch's memory (bytes in and out, peak RSS growth) and its duration."""
     before = _peak_rss_bytes()
+    t0 = time.perf_counter()
     out = forward(batch)
-    times: list[float] = []
-    spent = 0.0
-    while len(times) < MAX_REPEATS and (len(times) < MIN_REPEATS or spent < seconds):
-        t0 = time.perf_counter()
-        forward(batch)
-        dt = time.perf_counter() - t0
-        times.append(dt)
-        spent += dt
-        if dt > SLOW_FORWARD_S and len(times) >= 1:
+    seconds = time.perf_counter() - t0
+    return _Size(batch, _nbytes(batch) + _nbytes(out), max(0, _peak_rss_bytes() - before), [], []), seconds
+
+
+def measure(forward: Forward, batches: Sequence[dict[str, np.ndarray]], seconds: float,
+            progress: Progress | None = None) -> list[ProfilePoint]:
+    """Time ``forward`` on each batch (smallest first): one untimed pass each, then ``ROUNDS``
+    rounds over all sizes, each spending ``seconds / ROUNDS`` per size, so a burst of load from
+    elsewhere on the machine slows every size alike instead of bending the curve at one of them.
+    Each size gets at least ``MIN_REPEATS`` and at most ``MAX_REPEATS`` timed passes. A size whose
+    untimed pass takes over ``SLOW_FORWARD_S`` is the last one measured."""
+    sizes: list[_Size] = []
+    for batch in batches:
+        size, took = _warm(forward, batch)
+        sizes.append(size)
+        if took > SLOW_FORWARD_S:
+            if progress:
+                progress(f"a forward pass of {len(size.batch[next(iter(batch))])} rows took {took:.1f} s: "
+                         "larger sizes not measured")
             break
-    ms = np.asarray(times) * 1e3
-    p50 = float(np.percentile(ms, 50))
-    return ProfilePoint(rows, len(times), p50, float(np.percentile(ms, 99)), rows / max(p50 / 1e3, 1e-9),
-                        _nbytes(batch) + _nbytes(out), max(0, _peak_rss_bytes() - before))
+    share = seconds / ROUNDS
+    for r in range(ROUNDS):
+        floor = math.ceil(MIN_REPEATS * (r + 1) / ROUNDS)
+        for size in sizes:
+            spent = 0.0
+            start = len(size.times)
+            while len(size.times) < MAX_REPEATS and (spent < share or len(size.times) < floor):
+                t0 = time.perf_counter()
+                forward(size.batch)
+                dt = time.perf_counter() - t0
+                size.times.append(dt)
+                spent += dt
+            if len(size.times) > start:
+                size.round_medians.append(float(np.median(size.times[start:])))
+        if progress:
+            progress(f"round {r + 1}/{ROUNDS} over {len(sizes)} batch sizes done")
+    points = []
+    for size in sizes:
+        rows = next(iter(size.batch.values())).shape[0]
+        ms = np.asarray(size.times) * 1e3
+        p50 = float(np.percentile(ms, 50))
+        best = min(size.round_medians)  # load from elsewhere only ever slows a round down
+        points.append(ProfilePoint(rows, len(size.times), p50, float(np.percentile(ms, 99)),
+                                   rows / max(best, 1e-12), size.batch_bytes, size.rss_growth_bytes))
+    return points
 
 
 def profile_model(folder: str | Path, version: str | None = None, *, sizes: Sequence[int] = DEFAULT_SIZES,
@@ -219,7 +265,7 @@ def profile_model(folder: str | Path, version: str | None = None, *, sizes: Sequ
     mv = ModelVersion.load(entry.config, entry.path, version, role="serving", threads=threads)
     try:
         cap = _row_cap(mv.config)
-        points: list[ProfilePoint] = []
+        batches = []
         for size in sizes:
             if cap is not None and size > cap:
                 if progress:
@@ -227,14 +273,11 @@ def profile_model(folder: str | Path, version: str | None = None, *, sizes: Sequ
                 continue
             batch = mv.sample_inputs(size)
             mv.check_inputs(batch, per_request=False)
-            point = measure(mv.forward, batch, seconds_per_size)
-            points.append(point)
-            if progress:
-                progress(f"batch {size:>5}: p50 {point.p50_ms:8.3f} ms  {point.rows_per_s:12,.0f} rows/s")
-            if point.p50_ms / 1e3 > SLOW_FORWARD_S:
-                if progress:
-                    progress(f"a forward pass took over {SLOW_FORWARD_S:g} s: larger sizes not measured")
-                break
+            batches.append(batch)
+        points = measure(mv.forward, batches, seconds_per_size, progress)
+        if progress:
+            for point in points:
+                progress(f"batch {point.batch_size:>5}: p50 {point.p50_ms:8.3f} ms  {point.rows_per_s:12,.0f} rows/s")
         if not points:
             raise ConfigError(f"{entry.path}: no batch size to measure (every one is over the model's "
                               "batching.max_batch_elements)")

@@ -108,18 +108,22 @@ def build_report(tally: Tally, *, mode: str, url: str, connections: int, process
 
 
 def _warnings(r: Report) -> list[str]:
+    """Warnings about the generator start with "generator" (``Report.generator_behind`` reads them)."""
     out = []
+    short = (r.sent_rate is not None and bool(r.scheduled_rate)
+             and r.sent_rate < SENT_SHORT * (r.scheduled_rate or 0.0))
     if r.mode == "open" and r.target_rate:
         if r.late_ms["p99"] >= BEHIND_LATE_P99_S * 1e3:
             out.append(f"generator fell behind its schedule: its own lateness p99 {r.late_ms['p99']:.1f} ms "
                        "(latencies include it; add --processes or lower --rate)")
-        if r.sent_rate is not None and r.scheduled_rate and r.sent_rate < SENT_SHORT * r.scheduled_rate:
-            out.append(f"generator sent {r.sent_rate:,.0f} req/s of the {r.scheduled_rate:,.0f} scheduled "
-                       f"({r.sent_rate / r.scheduled_rate:.0%}); the rest never left (the server or the generator "
-                       "could not keep up)")
         if r.waited_share >= BUSY_WAITED:
+            sent = (f"; {r.sent_rate:,.0f} of {r.scheduled_rate:,.0f} req/s scheduled were sent in the window"
+                    if short and r.sent_rate is not None and r.scheduled_rate else "")
             out.append(f"server slower than the rate: {r.waited_share:.1%} of requests found all {r.connections} "
-                       "connections busy and queued (their wait counts in the latency, as a user's would)")
+                       f"connections busy and queued (their wait counts in the latency, as a user's would){sent}")
+        elif short and r.sent_rate is not None and r.scheduled_rate:
+            out.append(f"generator sent {r.sent_rate:,.0f} req/s of the {r.scheduled_rate:,.0f} scheduled "
+                       f"({r.sent_rate / r.scheduled_rate:.0%})")
     if r.cpu_share >= SATURATED_CPU:
         out.append(f"generator used {r.cpu_share:.0%} of its core: it may be the bottleneck (add --processes)")
     if r.reconnect_failures:

@@ -26,6 +26,7 @@ from inferlane.lanes.batch.config import BatchJob, Interrupted, default_state_di
 from inferlane.lanes.batch.metrics import BatchMetrics
 from inferlane.lanes.batch.shards import BatchRun, Progress, ShardScorer
 from inferlane.lanes.batch.sources import InputFile, Shard, limit_shards, list_inputs, plan_fingerprint, plan_shards
+from inferlane.store.lanes import LaneReporter
 from inferlane.store.tables import inspect_shard_sink, open_shard_sink
 
 log = logging.getLogger("inferlane.batch")
@@ -85,6 +86,14 @@ def _check_output_place(job: BatchJob) -> None:
                           "outputs as inputs; write them to a folder outside the input")
 
 
+def _progress_report(run: BatchRun, model: str, version: str, shards: list[Shard],
+                     done: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What the batch job shows on the server's /dashboard: rows and shards done (before this run too) of planned."""
+    return {"model": model, "version": version, "rows_planned": sum(s.rows for s in shards),
+            "rows_done": sum(s.rows for s in shards if s.id in done) + run.rows_read,
+            "shards_planned": len(shards), "shards_done": len(done) + run.shards_committed + len(run.failures)}
+
+
 def _state_dir(job: BatchJob) -> Path:
     return Path(job.state_dir) if job.state_dir else default_state_dir()
 
@@ -131,6 +140,8 @@ def run_batch(job: BatchJob, on_start: Callable[[dict[str, Any]], None] | None =
         on_start({"job_id": job.job_id, "shards": len(shards), "already_done": len(shards) - len(todo),
                   "model": model.name, "version": model.version})
     run = BatchRun(job, sink, bm, Progress(sum(s.rows for s in todo), job.progress))
+    reporter = LaneReporter("batch", job.job_id, lambda: _progress_report(run, model.name, model.version, shards, done))
+    reporter.start()  # progress for the server's /dashboard (store/lanes.py)
     try:
         try:
             if job.engine == "ray":
@@ -150,6 +161,7 @@ def run_batch(job: BatchJob, on_start: Callable[[dict[str, Any]], None] | None =
         report["report_path"] = sink.write_report(report)
     finally:
         run.progress.close()
+        reporter.close()
         sink.close()
         close_model()
     if job.pushgateway:

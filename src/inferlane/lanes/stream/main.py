@@ -31,6 +31,7 @@ from inferlane.lanes.stream.sinks import open_dead_letters, open_stream_sink
 from inferlane.lanes.stream.sources import open_source
 from inferlane.rollout.follow import RouteFollower, rollout_store_opener
 from inferlane.rollout.router import Route
+from inferlane.store.lanes import LaneReporter
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ def run_stream(job: StreamJob, stop: threading.Event, *, on_start: Callable[[str
         opened.append(source)
         metrics = metrics or Metrics()
         stream_metrics = StreamMetrics(entry.name, version, metrics)
+        opened.append(LaneReporter("stream", job.group, lambda: {  # for the server's /dashboard (store/lanes.py)
+            **stream_metrics.snapshot(), "model": entry.name, "version": version,
+            "lag": dict(stream_metrics.lag)}).start())
         if job.metrics_port is not None:
             metrics.serve(job.metrics_port, job.metrics_host)
         versions: ModelVersion | Versions

@@ -179,7 +179,7 @@ function render(d) {
   ]), "no jobs reported");
   fill("streams", d.streams.map((s) => [
     cell(s.name, "name", "text"), cell(s.model, "model", "text"), cell(s.version, "version"),
-    cell(s.events_in, "events_in"),
+    cell(s["in"], "events_in"),
     cell(Object.entries(s.lag).map(([p, n]) => p + ": " + n).join(", ") || "-", "lag", "text"),
     cell(Object.values(s.lag).reduce((a, b) => a + b, 0), "total_lag"), cell(ago(s.updated_at, d.time), "updated"),
   ]), "no stream lane reporting");
