@@ -99,16 +99,32 @@ class RolloutController:
 
     # -- reading --------------------------------------------------------------------------------------
 
+    # The sync readers are for tests and tools off the event loop; the server's routes use the async
+    # ones, which read the store (SQLite, or Redis over the network) in a worker thread.
+
     def status(self, model: str) -> RolloutStatus | None:
         return self._status.get(model) or self.store.load(model)
 
+    async def read_status(self, model: str) -> RolloutStatus | None:
+        return self._status.get(model) or await asyncio.to_thread(self.store.load, model)
+
     def statuses(self) -> list[RolloutStatus]:
-        known = {s.model: s for s in self.store.load_all()}
+        return self._with_running(self.store.load_all())
+
+    async def read_statuses(self) -> list[RolloutStatus]:
+        return self._with_running(await asyncio.to_thread(self.store.load_all))
+
+    def _with_running(self, stored: list[RolloutStatus]) -> list[RolloutStatus]:
+        """Every stored rollout, the ones this process runs as it knows them now, by model name."""
+        known = {s.model: s for s in stored}
         known.update(self._status)
         return [known[m] for m in sorted(known)]
 
     def history(self, model: str, limit: int = 100) -> list[RolloutEvent]:
         return self.store.events(model, limit)
+
+    async def read_history(self, model: str, limit: int = 100) -> list[RolloutEvent]:
+        return await asyncio.to_thread(self.store.events, model, limit)
 
     # -- operator actions -----------------------------------------------------------------------------
 

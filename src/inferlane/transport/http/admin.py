@@ -186,11 +186,11 @@ def admin_routes(registry: ModelRegistry, controller: RolloutController, token: 
         return _json(status_doc(await controller.start(spec)), 201)
 
     async def statuses(request: Request) -> Response:
-        return _json({"rollouts": [status_doc(s) for s in controller.statuses()]})
+        return _json({"rollouts": [status_doc(s) for s in await controller.read_statuses()]})
 
     async def status(request: Request) -> Response:
         name = model(request)
-        found = controller.status(name)
+        found = await controller.read_status(name)
         if found is None:
             raise NotFound(f"no rollout for model {name!r} (start one: POST {PREFIX}/rollouts/{name})")
         return _json(status_doc(found))
@@ -214,7 +214,7 @@ def admin_routes(registry: ModelRegistry, controller: RolloutController, token: 
         limit = int_header(request.query_params.get("limit", "100"), "limit")
         if limit is None or not 1 <= limit <= 10_000:
             raise InvalidInput("limit must be an integer from 1 to 10000")
-        return _json({"model": name, "events": [event_doc(e) for e in controller.history(name, limit)]})
+        return _json({"model": name, "events": [event_doc(e) for e in await controller.read_history(name, limit)]})
 
     async def drift_report(request: Request) -> Response:
         name = model(request)
