@@ -17,9 +17,10 @@ import pytest
 import tritonclient.http as triton
 import yaml
 
+from inferlane.bench.burst import run_load
+from inferlane.bench.wire import build_request
 from inferlane.core.model import ModelVersion
 from inferlane.core.repository import scan_model
-from inferlane.demo.loadgen import build_request, run_load
 from inferlane.demo.models import synthetic_transactions
 from inferlane.testing import accepts_connections, exited, free_port, start_server, stop_process, wait_ready, wait_until
 from tests.conftest import Server, write_slow_model

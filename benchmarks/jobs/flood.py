@@ -52,7 +52,7 @@ class FloodRow:
 
 async def _online(port: int, requests: list[bytes], stop: asyncio.Event) -> list[float]:
     """Online requests over ONLINE_CONCURRENCY connections, batch after batch, until ``stop``."""
-    from inferlane.demo.loadgen import run_load
+    from inferlane.bench.burst import run_load
 
     latencies: list[float] = []
     while not stop.is_set():
@@ -98,7 +98,7 @@ async def _measure(port: int, online: list[bytes], bodies: Path, quiet_s: float)
 def measure_flood(store: str, url: str, port: int, x: np.ndarray, online_rows: np.ndarray, quiet_s: float,
                   folder: Path) -> FloodRow:
     """``x``: one row per job (distinct inputs); ``online_rows``: the rows online requests cycle through."""
-    from inferlane.demo.loadgen import build_request
+    from inferlane.bench.wire import build_request
 
     online = [build_request(HOST, port, "/v2/models/fraud/infer", fraud_body(row[None, :])) for row in online_rows]
     bodies = folder / "flood.jsonl"

@@ -18,7 +18,8 @@ SUBMIT_PATH = "/v2/models/fraud/jobs"
 
 
 def main(argv: list[str]) -> int:
-    from inferlane.demo.loadgen import build_request, run_load
+    from inferlane.bench.burst import run_load
+    from inferlane.bench.wire import build_request
 
     port, concurrency, bodies = int(argv[0]), int(argv[1]), Path(argv[2])
     raw = [build_request(HOST, port, SUBMIT_PATH, line.encode()) for line in bodies.read_text().splitlines()]

@@ -11,7 +11,7 @@ custom collectors registered with :meth:`Metrics.register` must take their own l
     rows = metrics.counter("inferlane_batch_rows_total", "Rows by outcome", ("outcome",))
     rows.labels("fraud", "1", "batch", "written").inc(4096)
     metrics.serve(9100)                                    # or metrics.push("http://gateway:9091", "job")
-    metrics.stats_doc("fraud", "1")                        # the statistics extension's counters (Triton's shape), every process
+    metrics.stats_doc("fraud", "1")                        # the statistics extension's counters, every process
     generate_latest(metrics.scrape())                      # /metrics: every process, and the desired replicas
 
 Several server processes (``serve --workers N``, ``serve --replicas MIN..MAX``) share their series

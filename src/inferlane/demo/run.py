@@ -12,7 +12,8 @@ from pathlib import Path
 
 import orjson
 
-from inferlane.demo.loadgen import build_request, one_request, run_load
+from inferlane.bench.burst import one_request, run_load
+from inferlane.bench.wire import build_request
 from inferlane.demo.models import N_FEATURES, synthetic_transactions, write_fraud_model, write_request
 from inferlane.testing import free_port, start_server, stop_process, wait_ready
 
