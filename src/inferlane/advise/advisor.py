@@ -27,9 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from inferlane.advise.costs import BATCH_MIN_PERIOD_S, PatternCost, online_rate, pattern_costs
+from inferlane.advise.costs import BATCH_MIN_PERIOD_S, PatternCost, money, online_rate, pattern_costs
 from inferlane.advise.migration import migration
-from inferlane.advise.profile import Profile
+from inferlane.advise.profile import DELAY_SHARE, Profile, ProfilePoint
 from inferlane.advise.workload import Pattern, Workload
 
 SYNC_BELOW_MS = 10_000.0
@@ -114,7 +114,7 @@ def decide(w: Workload, profile: Profile) -> tuple[Pattern, list[str]]:
             b = profile.batching_for(w.p99_ms or 0)
             return Pattern.ONLINE, [needs, f"{who}: only a live endpoint answers in time (batch {b.max_batch_size}, "
                                            f"delay {b.max_queue_delay_ms:g} ms, worst case {b.worst_case_ms:.1f} ms)"]
-        one = min(profile.points, key=lambda p: p.batch_size)
+        one = _fastest(profile)
         return Pattern.ASYNC, [needs, f"{who}, but one forward pass takes {one.p99_ms:,.1f} ms (p99): no synchronous "
                                       "pattern meets the budget; queue the work and let the caller poll or get a "
                                       "callback (or make the model faster)"]
@@ -191,8 +191,8 @@ def what_would_change(w: Workload, profile: Profile, pattern: Pattern) -> list[s
         if other != pattern:
             lines.append(f"{probe.label} -> {other}")
     if _sync(w) and pattern in (Pattern.ONLINE, Pattern.HYBRID):
-        one = min(profile.points, key=lambda p: p.batch_size)
-        limit = (w.p99_ms or 0) * 0.45
+        one = _fastest(profile)
+        limit = (w.p99_ms or 0) * (1 - DELAY_SHARE) / 2
         slower = profile.scaled(limit / one.p99_ms * 1.2)
         other, _ = decide(w, slower)
         if other != pattern:
@@ -203,8 +203,8 @@ def what_would_change(w: Workload, profile: Profile, pattern: Pattern) -> list[s
     cheaper = [c for c in costs.values() if c.cost_per_day < CHEAPER_BELOW * here.cost_per_day
                and ok[c.pattern] is None and c.pattern != pattern]
     for c in sorted(cheaper, key=lambda c: c.cost_per_day):
-        lines.append(f"cost first: {c.pattern} also meets these needs for ${c.cost_per_million:,.4g} per million "
-                     f"(vs ${here.cost_per_million:,.4g}){_CHEAPER_HINTS.get(c.pattern, '')}")
+        lines.append(f"cost first: {c.pattern} also meets these needs for ${money(c.cost_per_million)} per million "
+                     f"(vs ${money(here.cost_per_million)}){_CHEAPER_HINTS.get(c.pattern, '')}")
     return lines
 
 
@@ -216,16 +216,23 @@ def advise(workload: Workload, profile: Profile, *, current: Pattern | None = No
     costs = pattern_costs(workload, profile)
     ok = fits(workload, profile)
     mine = costs[pattern]
-    reasons.append(f"cost: ${mine.cost_per_day:,.2f} a day, ${mine.cost_per_million:,.4g} per million predictions "
+    reasons.append(f"cost: ${money(mine.cost_per_day)} a day, ${money(mine.cost_per_million)} per million predictions "
                    f"({mine.sizing})")
     online = costs[Pattern.ONLINE]
     if pattern != Pattern.ONLINE and online.cost_per_day > mine.cost_per_day:
-        reasons.append(f"real-time would cost {online.cost_per_day / max(mine.cost_per_day, 1e-12):,.1f}x as much "
-                       f"(${online.cost_per_million:,.4g} per million): most teams over-build real-time")
+        times = online.cost_per_day / max(mine.cost_per_day, 1e-12)
+        reasons.append(f"real-time would cost {times:,.0f}x as much" if times >= 100 else
+                       f"real-time would cost {times:.1f}x as much")
+        reasons[-1] += f" (${money(online.cost_per_million)} per million): most teams over-build real-time"
     ordered = tuple(sorted(costs.values(), key=lambda c: c.cost_per_day))
     steps = migration(current, pattern, workload, profile, model_folder, costs)
     return Advice(pattern, tuple(reasons), ordered, ok, tuple(what_would_change(workload, profile, pattern)),
                   tuple(steps), workload, profile)
+
+
+def _fastest(profile: Profile) -> ProfilePoint:
+    """The measured size up to the knee with the lowest forward p99 (usually the smallest)."""
+    return min((p for p in profile.points if p.batch_size <= profile.knee.batch_size), key=lambda p: p.p99_ms)
 
 
 def _fmt_s(seconds: float) -> str:

@@ -55,12 +55,14 @@ def throughput_bars(prof: Profile, batching: BatchingAdvice | None = None, width
 
 def cost_bars(advice: Advice, width: int = BAR_WIDTH) -> str:
     """Cost per million predictions of every pattern, as bars scaled to the dearest."""
+    from inferlane.advise.costs import money
+
     top = max(c.cost_per_million for c in advice.costs) or 1.0
     lines = []
     for c in advice.costs:
         n = max(1, round(width * c.cost_per_million / top))
         mark = "<-" if c.pattern == advice.pattern else ""
-        lines.append(f"{c.pattern!s:>7} {'#' * n:<{width}} ${c.cost_per_million:,.4g}/M {mark}".rstrip())
+        lines.append(f"{c.pattern!s:>7} {'#' * n:<{width}} ${money(c.cost_per_million)}/M {mark}".rstrip())
     return "\n".join(lines)
 
 

@@ -83,7 +83,7 @@ def _always_on(pattern: Pattern, w: Workload, rate: float, rps: float, rows: flo
     hours = replicas * HOURS_PER_DAY
     cost = hours * w.price_per_hour
     return PatternCost(pattern, replicas, hours, rows, rate, cost, cost / (w.requests_per_day / 1e6),
-                       f"{how}: ceil({rps:,.4g} / {rate:,.4g} rows/s) = {replicas} x 24 h")
+                       f"{how}: ceil({_n(rps)} / {_n(rate)} rows/s) = {replicas} x 24 h")
 
 
 def batch_rows_per_day(w: Workload) -> float:
@@ -97,7 +97,7 @@ def _precompute(w: Workload, profile: Profile) -> tuple[float, float, float, str
     rate = profile.peak.rows_per_s
     hours = rows / rate / 3600.0
     cost = hours * w.price_per_hour * (1 - w.spot_discount)
-    how = (f"{rows:,.4g} rows a day at {rate:,.4g} rows/s (batch {profile.peak.batch_size}) = {hours:.4g} h"
+    how = (f"{_n(rows)} rows a day at {_n(rate)} rows/s (batch {profile.peak.batch_size}) = {hours:.4g} h"
            f"{f' on spot at {1 - w.spot_discount:.0%} of the price' if w.spot_discount else ''}")
     return rows, hours, cost, how
 
@@ -122,3 +122,13 @@ def pattern_costs(w: Workload, profile: Profile) -> dict[Pattern, PatternCost]:
     jobs = _always_on(Pattern.ASYNC, w, peak.rows_per_s, w.average_rps, w.requests_per_day,
                       f"average rps (the queue takes the peaks) at batch {peak.batch_size}")
     return {p.pattern: p for p in (batch, hybrid, jobs, stream, online)}
+
+
+def _n(x: float) -> str:
+    """12,345,678 for big numbers, 57.87 for small ones."""
+    return f"{x:,.0f}" if x >= 1000 else f"{x:.4g}"
+
+
+def money(x: float) -> str:
+    """Dollars: 1,234 / 28.80 / 0.0003906."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.2f}" if x >= 1 else f"{x:.4g}"

@@ -8,10 +8,9 @@ The numbers the batcher settings and the advisor's cost math need come from here
 
 Rules (docs/choosing.md, "Profile a model"):
 
-- **Throughput** at a batch size is ``batch_size`` / the median forward time of its fastest round:
-  every size is timed in ``ROUNDS`` interleaved rounds, and load from elsewhere on a shared machine
-  only ever slows a round down, so the fastest round is the model's own speed (``timeit``'s
-  reasoning). p50 and p99 are over every timed pass.
+- **Throughput** at a batch size is ``batch_size / p50 forward time``. The sizes are timed in
+  turn, one pass of each per cycle, so a burst of load from elsewhere on a shared machine slows
+  every size alike and the median ignores it.
 - **The knee** is the smallest batch size whose rows/s reach ``KNEE_FRACTION`` (90 %) of the peak:
   past it, bigger batches buy at most 10 % more throughput and cost latency.
 - **The batching advice** for a p99 budget: a request may wait up to ``max_queue_delay_ms``, then for
@@ -25,7 +24,6 @@ core/cpus.py), and runs through ``ModelVersion.forward``, the one forward pass e
 
 from __future__ import annotations
 
-import math
 import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,7 +34,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from inferlane.core.errors import ConfigError
+from inferlane.core.errors import ConfigError, InferlaneError, InvalidInput, PayloadTooLarge
 from inferlane.core.spec import ModelConfig
 
 KNEE_FRACTION = 0.9
@@ -46,9 +44,7 @@ DELAY_SHARE = 0.1
 DEFAULT_SIZES = tuple(2 ** i for i in range(11))
 """1, 2, 4, ... 1024."""
 MIN_REPEATS, MAX_REPEATS = 3, 1000
-"""Timed forward passes per batch size: at least this many, at most that many."""
-ROUNDS = 10
-"""Rounds over all batch sizes (interleaved, so load from elsewhere hits every size alike)."""
+"""Timed forward passes per batch size: at least this many, at most that many (one per cycle)."""
 SLOW_FORWARD_S = 10.0
 """A forward pass slower than this ends the sweep: larger batches would only be slower."""
 
@@ -65,7 +61,7 @@ class ProfilePoint:
     p50_ms: float
     p99_ms: float
     rows_per_s: float
-    """``batch_size`` / the median forward time of the fastest round (of ``ROUNDS``)."""
+    """``batch_size / p50``."""
     batch_bytes: int
     """Bytes of the inputs and outputs of one batch."""
     rss_growth_bytes: int
@@ -199,7 +195,6 @@ class _Size:
     batch_bytes: int
     rss_growth_bytes: int
     times: list[float]
-    round_medians: list[float]
 
 
 def _warm(forward: Forward, batch: dict[str, np.ndarray]) -> tuple[_Size, float]:
@@ -208,16 +203,16 @@ def _warm(forward: Forward, batch: dict[str, np.ndarray]) -> tuple[_Size, float]
     t0 = time.perf_counter()
     out = forward(batch)
     seconds = time.perf_counter() - t0
-    return _Size(batch, _nbytes(batch) + _nbytes(out), max(0, _peak_rss_bytes() - before), [], []), seconds
+    return _Size(batch, _nbytes(batch) + _nbytes(out), max(0, _peak_rss_bytes() - before), []), seconds
 
 
 def measure(forward: Forward, batches: Sequence[dict[str, np.ndarray]], seconds: float,
             progress: Progress | None = None) -> list[ProfilePoint]:
-    """Time ``forward`` on each batch (smallest first): one untimed pass each, then ``ROUNDS``
-    rounds over all sizes, each spending ``seconds / ROUNDS`` per size, so a burst of load from
-    elsewhere on the machine slows every size alike instead of bending the curve at one of them.
-    Each size gets at least ``MIN_REPEATS`` and at most ``MAX_REPEATS`` timed passes. A size whose
-    untimed pass takes over ``SLOW_FORWARD_S`` is the last one measured."""
+    """Time ``forward`` on each batch (smallest first): one untimed pass each, then passes that take
+    every size in turn (one pass of each per cycle), so load from elsewhere on the machine hits every
+    size alike instead of bending the curve at one of them; ``seconds`` per size in all, at least
+    ``MIN_REPEATS`` and at most ``MAX_REPEATS`` cycles. A size whose untimed pass takes over
+    ``SLOW_FORWARD_S`` is the last one measured."""
     sizes: list[_Size] = []
     for batch in batches:
         size, took = _warm(forward, batch)
@@ -227,30 +222,26 @@ def measure(forward: Forward, batches: Sequence[dict[str, np.ndarray]], seconds:
                 progress(f"a forward pass of {len(size.batch[next(iter(batch))])} rows took {took:.1f} s: "
                          "larger sizes not measured")
             break
-    share = seconds / ROUNDS
-    for r in range(ROUNDS):
-        floor = math.ceil(MIN_REPEATS * (r + 1) / ROUNDS)
+    budget = seconds * len(sizes)
+    spent, cycles, reported = 0.0, 0, 0
+    while cycles < MAX_REPEATS and (spent < budget or cycles < MIN_REPEATS):
         for size in sizes:
-            spent = 0.0
-            start = len(size.times)
-            while len(size.times) < MAX_REPEATS and (spent < share or len(size.times) < floor):
-                t0 = time.perf_counter()
-                forward(size.batch)
-                dt = time.perf_counter() - t0
-                size.times.append(dt)
-                spent += dt
-            if len(size.times) > start:
-                size.round_medians.append(float(np.median(size.times[start:])))
-        if progress:
-            progress(f"round {r + 1}/{ROUNDS} over {len(sizes)} batch sizes done")
+            t0 = time.perf_counter()
+            forward(size.batch)
+            dt = time.perf_counter() - t0
+            size.times.append(dt)
+            spent += dt
+        cycles += 1
+        if progress and budget > 0 and spent / budget >= (reported + 1) / 4 and reported < 3:
+            reported += 1
+            progress(f"measured {min(spent, budget):.1f} of {budget:.1f} s ({cycles} passes of each size)")
     points = []
     for size in sizes:
         rows = next(iter(size.batch.values())).shape[0]
         ms = np.asarray(size.times) * 1e3
         p50 = float(np.percentile(ms, 50))
-        best = min(size.round_medians)  # load from elsewhere only ever slows a round down
         points.append(ProfilePoint(rows, len(size.times), p50, float(np.percentile(ms, 99)),
-                                   rows / max(best, 1e-12), size.batch_bytes, size.rss_growth_bytes))
+                                   rows / max(p50 / 1e3, 1e-12), size.batch_bytes, size.rss_growth_bytes))
     return points
 
 
@@ -272,9 +263,19 @@ def profile_model(folder: str | Path, version: str | None = None, *, sizes: Sequ
                     progress(f"batch {size}: skipped, over batching.max_batch_elements ({cap} rows)")
                 continue
             batch = mv.sample_inputs(size)
-            mv.check_inputs(batch, per_request=False)
+            try:
+                mv.check_inputs(batch, per_request=False)
+            except (InvalidInput, PayloadTooLarge) as e:
+                if progress:
+                    progress(f"batch {size}: skipped, the model refuses it ({e.message})")
+                continue
             batches.append(batch)
-        points = measure(mv.forward, batches, seconds_per_size, progress)
+        try:
+            points = measure(mv.forward, batches, seconds_per_size, progress)
+        except InferlaneError as e:
+            raise ConfigError(f"{entry.path}: a forward pass failed while profiling: {e.message}") from e
+        except Exception as e:
+            raise ConfigError(f"{entry.path}: a forward pass failed while profiling: {type(e).__name__}: {e}") from e
         if progress:
             for point in points:
                 progress(f"batch {point.batch_size:>5}: p50 {point.p50_ms:8.3f} ms  {point.rows_per_s:12,.0f} rows/s")

@@ -145,12 +145,9 @@ def run_profile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _money(x: float) -> str:
-    return f"{x:,.0f}" if x >= 100 else f"{x:.2f}" if x >= 1 else f"{x:.4g}"
-
-
 def _print_advice(a: Advice, args: argparse.Namespace) -> None:
     from inferlane.advise.charts import cost_bars
+    from inferlane.advise.costs import money
 
     out = sys.stderr if args.json == "-" else sys.stdout
     p = a.profile
@@ -168,7 +165,7 @@ def _print_advice(a: Advice, args: argparse.Namespace) -> None:
     for c in a.costs:
         why = a.fits[c.pattern]
         print(f"  {c.pattern!s:<8}{'yes' if why is None else 'no':<13}{c.replicas:>9}{c.machine_hours_per_day:>15,.2f}"
-              f"{c.rows_per_day:>14,.0f}{_money(c.cost_per_day):>11}{_money(c.cost_per_million):>11}", file=out)
+              f"{c.rows_per_day:>14,.0f}{money(c.cost_per_day):>11}{money(c.cost_per_million):>11}", file=out)
     print(file=out)
     print(cost_bars(a), file=out)
     for c in a.costs:
