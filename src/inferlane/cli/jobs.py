@@ -16,6 +16,7 @@ from pathlib import Path
 
 import orjson
 
+from inferlane.cli import options
 from inferlane.cli.client import Call, print_json, server_client
 from inferlane.core.errors import ConfigError
 from inferlane.core.retry import RetryPolicy
@@ -110,14 +111,16 @@ def cancel(args: argparse.Namespace) -> int:
 
 def worker(args: argparse.Namespace) -> int:
     """Load the models, then run jobs from the store until SIGTERM (jobs in hand finish first)."""
+    from inferlane.core import tracing
     from inferlane.lanes.jobs import run_worker
     from inferlane.server.settings import ServerSettings
 
     settings = ServerSettings.from_env(model_repository=args.repository, jobs_store=args.store,
                                        jobs_workers=args.concurrency, log_level=args.log_level)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_worker(settings.model_repository, settings.jobs_store, settings.jobs_settings(),
-                      metrics_port=args.metrics_port, graceful_timeout_s=settings.graceful_timeout_s)
+    with tracing.exporting(args.otlp_endpoint):
+        return run_worker(settings.model_repository, settings.jobs_store, settings.jobs_settings(),
+                          metrics_port=args.metrics_port, graceful_timeout_s=settings.graceful_timeout_s)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -160,4 +163,5 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     wk.add_argument("--concurrency", type=int, default=None, help="jobs at once (default 4)")
     wk.add_argument("--metrics-port", type=int, help="Prometheus metrics on 127.0.0.1:PORT")
     wk.add_argument("--log-level", default=None, choices=["critical", "error", "warning", "info", "debug"])
+    options.add_otlp(wk)
     wk.set_defaults(func=worker)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inferlane import __version__
+from inferlane.cli import options
 from inferlane.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from inferlane.core import tracing
     from inferlane.core.repository import scan_repository
     from inferlane.server.app import run
     from inferlane.server.settings import SAGEMAKER_ON, ServerSettings
@@ -39,11 +41,12 @@ def _serve(args: argparse.Namespace) -> int:
                               "server processes itself; --workers N runs a fixed number under uvicorn")
     settings = ServerSettings.from_env(model_repository=args.repository, host=args.host, target_queue=args.target_queue,
                                        port=args.port, workers=args.workers, log_level=args.log_level,
-                                       log_format=args.log_format,
+                                       log_format=args.log_format, otlp_endpoint=args.otlp_endpoint,
                                        watch=args.watch or None, grpc_port=args.grpc_port,
                                        ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
                                        sagemaker=sagemaker, sagemaker_model=args.sagemaker_model)
     scan_repository(settings.model_repository)  # fail fast, with the field at fault, before binding
+    tracing.check(settings.otlp_endpoint)
     if replicas is not None:
         return _supervise(settings, replicas, args)
     run(settings)
@@ -139,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-format", default=None, choices=["text", "json"],
                    help="json: one JSON object per line, plus one line per model request (INFERLANE_LOG_FORMAT; "
                         "default text)")
+    options.add_otlp(s)
     s.add_argument("--watch", action="store_true",
                    help="hot-load new version folders of the repository while serving, without traffic "
                         "(INFERLANE_WATCH)")
@@ -156,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the model /invocations serves when the repository has several (SAGEMAKER_INFERLANE_MODEL)")
     s.set_defaults(func=_serve)
 
-    from inferlane.cli import advise, batch, bench, deploy, features, jobs, rollout, stream
+    from inferlane.cli import advise, batch, bench, deploy, features, jobs, rollout, stream, text
 
     batch.add_parser(sub)
     jobs.add_parser(sub)
@@ -166,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_parser(sub)
     bench.add_parser(sub)
     advise.add_parser(sub)
+    text.add_parser(sub)
 
     m = sub.add_parser("models", help="model repository tools")
     msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from inferlane.cli import options
 from inferlane.cli.batch_args import parse_columns
 from inferlane.cli.rollout import duration
 from inferlane.core.errors import ConfigError
@@ -42,6 +43,7 @@ EPILOG = ("Exit codes: 0 stopped by SIGTERM/SIGINT (or --idle-exit) after finish
 
 
 def run(args: argparse.Namespace) -> int:
+    from inferlane.core import tracing
     from inferlane.lanes.stream import StreamJob, StreamSettings, run_stream
 
     stop = threading.Event()  # from the start: a SIGTERM while the model loads is a clean stop too
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
                     claim_idle_ms=args.claim_idle_ms, threads=args.threads, metrics_port=args.metrics_port,
                     metrics_host=args.metrics_host, state_dir=args.state_dir, rollout_store=args.rollout_store)
     try:
-        report = run_stream(job, stop, on_start=lambda line: print(line, file=sys.stderr, flush=True))
+        with tracing.exporting(args.otlp_endpoint):
+            report = run_stream(job, stop, on_start=lambda line: print(line, file=sys.stderr, flush=True))
     except ConfigError:
         raise
     except Exception as e:  # the stage already logged it with its traceback
@@ -144,5 +147,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     r.add_argument("--log-every", type=_positive(float), default=10.0, help="seconds between progress lines")
     r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     r.add_argument("--json", action="store_true", help="print the final report as one JSON line on stdout")
+    options.add_otlp(r)
     r.set_defaults(func=run)
 

@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from uvicorn.supervisors.multiprocess import Multiprocess
 
+from inferlane.core import tracing
 from inferlane.core.errors import ConfigError
 from inferlane.core.logs import configure_logging
 from inferlane.core.metrics import MULTIPROC_ENV, Metrics
@@ -91,6 +92,7 @@ def create_app(settings: ServerSettings) -> FastInferApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tasks: list[asyncio.Task[None]] = []
+        tracing.configure(settings.otlp_endpoint)  # in each server process: the exporter has a thread
 
         async def load() -> bool:
             try:
@@ -143,6 +145,7 @@ def create_app(settings: ServerSettings) -> FastInferApp:
             store.close()
             rollout_store.close()
             metrics.close()
+            tracing.shutdown()  # the spans still buffered go out
 
     app = build_http_app(lane, lifespan, body_timeout_s=settings.body_timeout_s, jobs=jobs,
                          hosts=loopback_hosts(settings.host), admin=admin, keyed=keyed, extensions=extensions)

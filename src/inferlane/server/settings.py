@@ -47,6 +47,10 @@ class ServerSettings(BaseModel):
     log_format: Literal["text", "json"] = "text"
     """``text`` for people; ``json``: one JSON object per line (ts, level, logger, msg, fields), and one line
     per model request with its id, model, version, lane, status and durations (docs/dashboard.md)."""
+    otlp_endpoint: str | None = None
+    """OpenTelemetry traces: the OTLP/HTTP traces URL (``http://collector:4318/v1/traces``); unset, the
+    standard ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``; none: no traces.
+    Needs the ``otel`` extra (docs/dashboard.md, "Traces")."""
     body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     """Longest a client may take to send a request body (408 past it)."""
     header_timeout_s: float = Field(default=10.0, gt=0, le=3600)

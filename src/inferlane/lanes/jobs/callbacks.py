@@ -230,7 +230,7 @@ async def _attempt(client: Any, target: Target, body: bytes, headers: dict[str, 
 
 async def deliver(url: str, body: bytes, secret: bytes | None, *, job_id: str, policy: RetryPolicy,
                   allow_private: bool, timeout_s: float = 10.0,
-                  resolver: Resolver = system_resolver) -> Delivery:
+                  resolver: Resolver = system_resolver, headers: dict[str, str] | None = None) -> Delivery:
     """POST ``body`` to ``url`` until a 2xx answer, retrying what ``policy`` says is transient.
 
     Never raises. Each attempt re-resolves and re-checks the host (a name may move between
@@ -238,19 +238,20 @@ async def deliver(url: str, body: bytes, secret: bytes | None, *, job_id: str, p
     import httpx
 
     attempts = 0
-    base = {"Content-Type": "application/json", "User-Agent": "inferlane-callback", JOB_ID_HEADER: job_id}
+    base = {"Content-Type": "application/json", "User-Agent": "inferlane-callback", JOB_ID_HEADER: job_id,
+            **(headers or {})}
 
     async def post() -> None:
         nonlocal attempts
         target = await asyncio.to_thread(resolve_target, url, allow_private, resolver)
-        headers = dict(base)
+        sent = dict(base)
         if secret:
-            headers[SIGNATURE_HEADER] = sign(secret, body, url=url, job_id=job_id)  # fresh timestamp
+            sent[SIGNATURE_HEADER] = sign(secret, body, url=url, job_id=job_id)  # fresh timestamp
         attempts += 1
         try:
             async with asyncio.timeout(timeout_s):
                 async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:
-                    await _attempt(client, target, body, headers)
+                    await _attempt(client, target, body, sent)
         except TimeoutError:
             raise Unavailable(f"no answer within {timeout_s:g} s") from None
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from inferlane.core import codec
+from inferlane.core import codec, tracing
 from inferlane.core.errors import ConfigError, InvalidInput, Unavailable
 from inferlane.core.metrics import Metrics
 from inferlane.core.retry import RetryPolicy
@@ -163,10 +163,11 @@ class JobsLane:
                      input_uri: str | None = None, request_id: str | None = None,
                      parameters: Mapping[str, Any] | None = None, idempotency_key: str | None = None,
                      callback_url: str | None = None, output_uri: str | None = None, tenant: str = "",
-                     raw: RawRequest | None = None) -> tuple[JobRecord, bool]:
+                     raw: RawRequest | None = None, trace_parent: str | None = None) -> tuple[JobRecord, bool]:
         """Validate and store a job; (job, created). The same idempotency key of the same tenant
         returns the same job. ``raw``: the body ``inputs`` were parsed from, stored instead of a
-        re-encoding (lossless)."""
+        re-encoding (lossless). ``trace_parent``: the submitter's W3C traceparent (traces on: the
+        submit, the job's run and its callback are spans of that trace)."""
         self.registry.resolve(model, version)  # ModelNotFound for an unknown model or version
         if (inputs is None) == (input_uri is None):
             raise InvalidInput("a job needs either inputs or input_uri (not both)")
@@ -186,11 +187,14 @@ class JobsLane:
                 body, header_length = raw.body, raw.header_length
             else:
                 body = codec.encode_infer_request(inputs, request_id, parameters)
-        record = JobRecord.new(model, now=time.time(), request=body, version=version, input_uri=input_uri,
-                               idempotency_key=idempotency_key, callback_url=callback_url,
-                               max_attempts=self.settings.max_attempts, tenant=tenant,
-                               request_header_length=header_length, output_uri=output_uri)
-        job, created = await asyncio.to_thread(self.store.submit, record)
+        attributes = {"inferlane.model": model, "inferlane.lane": "jobs"}
+        with tracing.live_span(f"submit job {model}", parent=trace_parent, attributes=attributes,
+                               kind="server") as (span, _):
+            record = JobRecord.new(model, now=time.time(), request=body, version=version, input_uri=input_uri,
+                                   idempotency_key=idempotency_key, callback_url=callback_url,
+                                   max_attempts=self.settings.max_attempts, tenant=tenant,
+                                   request_header_length=header_length, output_uri=output_uri, trace_parent=span)
+            job, created = await asyncio.to_thread(self.store.submit, record)
         if created:
             self.new_job.set()
         return job, created

@@ -36,12 +36,12 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
-from inferlane.core import codec
-from inferlane.core.batcher import BACKGROUND
+from inferlane.core import codec, tracing
+from inferlane.core.batcher import BACKGROUND, Prediction
 from inferlane.core.errors import InferlaneError, InvalidInput, QueueFull
 from inferlane.core.retry import RetryPolicy, is_transient
 from inferlane.core.uri import read_uri, write_uri
@@ -57,6 +57,37 @@ QUEUE_FULL_BACKOFF = RetryPolicy(attempts=1_000_000, backoff_s=0.05, max_backoff
 bounds them, not ``attempts``)."""
 STORE_BACKOFF = RetryPolicy(attempts=1_000_000, backoff_s=0.1, max_backoff_s=5.0)
 """The waits between tries of a store that keeps failing (the worker never gives up on it)."""
+
+
+class _Ran(NamedTuple):
+    """A job's successful run: its result (inline or at ``output_uri``), the version that answered, its
+    prediction's timings and when the answer came (wall-clock ns)."""
+
+    result: bytes | None
+    output_uri: str | None
+    version: str
+    prediction: Prediction
+    answered_ns: int
+
+
+def _trace_job(job: JobRecord, ran: _Ran | None, error: str | None) -> None:
+    """The job's attempt as a span of its submitter's trace (traces on): the wait in the store's queue,
+    then the batcher's queue and the forward pass."""
+    if not tracing.on():
+        return
+    now = time.time_ns()
+    created, started = int(job.created_at * 1e9), int((job.started_at or job.created_at) * 1e9)
+    phases = [("job queue", created, started)]
+    attributes: dict[str, object] = {"inferlane.model": job.model, "inferlane.lane": "jobs",
+                                     "inferlane.job_id": job.id, "inferlane.attempt": job.attempts}
+    if ran is not None:
+        p = ran.prediction
+        forward_start = ran.answered_ns - int(p.forward_s * 1e9)
+        phases += [("queue", forward_start - int(p.queue_s * 1e9), forward_start), ("forward", forward_start,
+                                                                                   ran.answered_ns)]
+        attributes.update({"inferlane.version": ran.version, "inferlane.batch_rows": p.batch_rows})
+    tracing.record(f"job {job.model}", parent=job.trace_parent, start_ns=created, end_ns=now, attributes=attributes,
+                   phases=phases, error=error, kind="consumer")
 
 
 def _error_text(e: BaseException) -> str:
@@ -228,12 +259,15 @@ class JobWorker:
         lane.jobs_metrics.attempts.labels(*labels).inc()
         beat = asyncio.create_task(self._heartbeat(job))
         try:
-            result, output_uri = await self._run(job)
+            ran = await self._run(job)
         except Exception as e:
+            _trace_job(job, None, str(e.message if isinstance(e, InferlaneError) else e))
             await self._failed(job, labels, e)
             return
         finally:
             beat.cancel()
+        _trace_job(job, ran, None)
+        result, output_uri = ran.result, ran.output_uri
         ok = await self._store_outcome(job, JobStatus.SUCCEEDED, lambda: lane.store.complete(
             job.id, self._token(job), result, output_uri, time.time(), s.ttl_s))
         if not ok:  # our lease was taken over; the other worker's outcome stands
@@ -285,7 +319,7 @@ class JobWorker:
         return (now is not None and now.status is status and now.worker == job.worker
                 and now.attempts == job.attempts)
 
-    async def _run(self, job: JobRecord) -> tuple[bytes | None, str | None]:
+    async def _run(self, job: JobRecord) -> _Ran:
         lane, s = self.lane, self.lane.settings
         body = job.request
         if job.input_uri:
@@ -307,6 +341,7 @@ class JobWorker:
             while True:
                 try:
                     pred = await mv.infer(req.inputs, deadline, priority=BACKGROUND)
+                    answered_ns = time.time_ns()
                     break
                 except QueueFull:
                     # A full model queue is back-pressure, not a failure: wait and try again within
@@ -324,8 +359,8 @@ class JobWorker:
             prefix, root = _results_target(s, job)
             uri = await asyncio.to_thread(write_uri, prefix, f"{job.id}.json", out, root=root,
                                           endpoint_url=s.endpoint_url)
-            return None, uri
-        return out, None
+            return _Ran(None, uri, mv.version, pred, answered_ns)
+        return _Ran(out, None, mv.version, pred, answered_ns)
 
     def _finished(self, job: JobRecord, labels: tuple[str, str, str]) -> None:
         self.lane.jobs_metrics.latency.labels(*labels).observe(max(0.0, time.time() - job.created_at))
@@ -372,8 +407,14 @@ class JobWorker:
         s, store = self.lane.settings, self.lane.store
         assert job.callback_url is not None  # only jobs with a callback_url are ever pending
         try:
-            d = await deliver(job.callback_url, callback_body(job), s.callback_secret, job_id=job.id,
-                              policy=s.callback_policy(), allow_private=s.callback_allow_private)
+            with tracing.live_span(f"callback of job {job.model}", parent=job.trace_parent,
+                                   attributes={"inferlane.model": job.model, "inferlane.lane": "jobs",
+                                               "inferlane.job_id": job.id}) as (span, outcome):
+                d = await deliver(job.callback_url, callback_body(job), s.callback_secret, job_id=job.id,
+                                  policy=s.callback_policy(), allow_private=s.callback_allow_private,
+                                  headers={tracing.TRACEPARENT: span} if span else None)
+                if not d.delivered:
+                    outcome["error"] = d.error or "not delivered"
         except asyncio.CancelledError:
             # Stopping: give it back, due now, so that the next process delivers it at once.
             with contextlib.suppress(Exception):

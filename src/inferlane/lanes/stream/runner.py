@@ -50,6 +50,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from inferlane.core import tracing
 from inferlane.core.errors import ConfigError, InferlaneError, Unavailable
 from inferlane.core.inputs import RecordDecoder
 from inferlane.core.model import ModelVersion
@@ -144,6 +145,17 @@ class Pinned:
     @contextlib.contextmanager
     def split(self, keys: Sequence[str | int]) -> Iterator[Sequence[tuple[ModelVersion, np.ndarray | None]]]:
         yield [(self.model, None)]
+
+
+def _trace_batch(model: ModelVersion, events: list[Event], started_ns: int, failed: int) -> None:
+    """One micro-batch's scoring as a span, linked to the trace of each event that carried one (a
+    batch serves many traces: links, not a parent, as OpenTelemetry's messaging conventions say)."""
+    tracing.record(f"stream batch {model.name}", parent=None, start_ns=started_ns, end_ns=time.time_ns(),
+                   kind="consumer", links=[e.trace_parent for e in events if e.trace_parent],
+                   attributes={"inferlane.model": model.name, "inferlane.version": model.version,
+                               "inferlane.lane": "stream", "inferlane.events": len(events),
+                               "inferlane.failed": failed,
+                               "inferlane.partitions": ",".join(sorted({e.partition for e in events}))[:500]})
 
 
 @dataclass(slots=True)
@@ -451,7 +463,10 @@ class StreamRunner:
                     index = [decoded.index[j] for j in rows]
                     keys = [all_keys[j] for j in rows]
                     inputs = {k: v[rows] for k, v in decoded.inputs.items()}
+                started = time.time_ns()
                 outputs, failures = self._score_or_wait(model, inputs, len(index))
+                if tracing.on():
+                    _trace_batch(model, [events[i] for i in index], started, len(failures))
                 if failures:
                     failed = {j for j, _ in failures}
                     work.dead.extend(DeadLetter(events[index[j]], "score", err, model.version) for j, err in failures)

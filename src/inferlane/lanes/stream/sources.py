@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from inferlane.core import tracing
 from inferlane.core.errors import ConfigError
 from inferlane.core.state import state_dir
 from inferlane.core.urls import kafka_url, redact, redis_url, scheme
@@ -35,6 +36,17 @@ log = logging.getLogger("inferlane.stream")
 
 Positions = dict[str, Any]
 """What to commit: Kafka ``{"topic/partition": next offset}``, Redis ``{stream: [entry ids]}``."""
+
+
+_TRACEPARENT = tracing.TRACEPARENT.encode()
+
+
+def _kafka_traceparent(headers: Any) -> str | None:
+    """The ``traceparent`` header of a Kafka message (a list of (key, value) pairs, or None)."""
+    for key, value in headers or ():
+        if key == tracing.TRACEPARENT:
+            return value.decode("latin-1") if isinstance(value, bytes) else value if isinstance(value, str) else None
+    return None
 
 
 class Event(NamedTuple):
@@ -48,6 +60,9 @@ class Event(NamedTuple):
     deliveries: int = 1
     """How many times the source has handed this event out, this time included (Redis: the
     entry's delivery count; Kafka: counted in ``<state dir>/deliveries``, see deliveries.py)."""
+    trace_parent: str | None = None
+    """The W3C traceparent the producer attached (Kafka header or Redis field ``traceparent``), read
+    only while traces are on (core/tracing.py)."""
 
 
 class Source(Protocol):
@@ -190,7 +205,8 @@ class KafkaSource:
                 log.warning("Kafka consumer: %s", err)
                 continue
             partition, offset = f"{m.topic()}/{m.partition()}", m.offset() or 0
-            out.append(Event(m.value(), m.key(), m.timestamp()[1], partition, offset, count(partition, offset)))
+            out.append(Event(m.value(), m.key(), m.timestamp()[1], partition, offset, count(partition, offset),
+                             _kafka_traceparent(m.headers()) if tracing.on() else None))
         return out
 
     def positions(self, events: list[Event]) -> Positions:
@@ -321,7 +337,9 @@ class RedisStreamSource:
                 continue
             handed_out.add(eid)
             value = fields.get(self.field) if fields else None
-            out.append(Event(value, None, int(eid.split("-", 1)[0]), self.stream, eid, counts.get(entry_id, 1)))
+            trace = fields.get(_TRACEPARENT) if fields and tracing.on() else None
+            out.append(Event(value, None, int(eid.split("-", 1)[0]), self.stream, eid, counts.get(entry_id, 1),
+                             trace.decode("latin-1") if isinstance(trace, bytes) else None))
         return out
 
     def poll(self, max_events: int, timeout_s: float) -> list[Event]:

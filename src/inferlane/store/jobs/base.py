@@ -112,6 +112,9 @@ class JobRecord:
     """The worker holding (or, once finished, last holding) the job."""
     expires_at: float | None = None
     """Result TTL deadline of a finished job."""
+    trace_parent: str | None = None
+    """W3C traceparent of the submit's span (with traces on, core/tracing.py): the job's run and its
+    callback are recorded in the submitter's trace."""
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -134,12 +137,13 @@ class JobRecord:
         tenant: str = "",
         request_header_length: int | None = None,
         output_uri: str | None = None,
+        trace_parent: str | None = None,
     ) -> JobRecord:
         """A queued job with a fresh id, claimable from ``now``."""
         return cls(id=uuid.uuid4().hex, model=model, version=version, request=request, input_uri=input_uri,
                    idempotency_key=idempotency_key, callback_url=callback_url, max_attempts=max_attempts,
                    tenant=tenant, request_header_length=request_header_length, output_uri=output_uri,
-                   created_at=now, updated_at=now, available_at=now)
+                   created_at=now, updated_at=now, available_at=now, trace_parent=trace_parent)
 
     def to_public(self, *, with_result: bool = True) -> dict[str, Any]:
         """The job as the HTTP API shows it: no request bytes or lease internals; result decoded JSON

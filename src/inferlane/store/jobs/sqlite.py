@@ -63,7 +63,8 @@ _SCHEMA = (
         available_at REAL NOT NULL,
         lease_until REAL,
         worker TEXT,
-        expires_at REAL
+        expires_at REAL,
+        trace_parent TEXT
     )""",
     # claim: queued jobs by available_at (also stats' oldest), running jobs by lease_until (expired leases)
     "CREATE INDEX IF NOT EXISTS jobs_status_available ON jobs (status, available_at)",
@@ -90,6 +91,7 @@ _ADDED_COLUMNS = {
     "callback_attempts": "INTEGER NOT NULL DEFAULT 0",
     "callback_error": "TEXT",
     "callback_at": "REAL",
+    "trace_parent": "TEXT",
 }
 """Columns newer than the first schema: added to an older file when it is opened."""
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from inferlane.core import codec
+from inferlane.core import codec, tracing
+from inferlane.core.batcher import Prediction
 from inferlane.core.errors import InferlaneError, InvalidInput, ModelError, QueueFull
 from inferlane.lanes.online import OnlineLane, OnlineResult
 from inferlane.lanes.online.hybrid import KeyedLane, KeyedResult, route_request
@@ -41,7 +43,9 @@ _VERSION = VERSION_HEADER.encode()
 _SOURCE = SOURCE_HEADER.encode()
 _AGE = AGE_HEADER.encode()
 _HOST = b"host"
-_WANTED = frozenset({_CONTENT_LENGTH, _HEADER_LENGTH, _TIMEOUT, _ROUTING_KEY, _HOST})
+_TRACEPARENT = tracing.TRACEPARENT.encode()
+_TRACESTATE = tracing.TRACESTATE.encode()
+_WANTED = frozenset({_CONTENT_LENGTH, _HEADER_LENGTH, _TIMEOUT, _ROUTING_KEY, _HOST, _TRACEPARENT, _TRACESTATE})
 _JSON_TYPE = (b"content-type", b"application/json")
 _BINARY_TYPE = (b"content-type", b"application/octet-stream")
 _MILLISECONDS = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
@@ -144,7 +148,21 @@ class InferRoute:
         """Host header names answered (None: any); see body.loopback_hosts."""
 
     async def parts(self, name: str, version: str | None, scope: Scope, receive: Receive) -> Parts:
+        if not tracing.on():
+            return await self._parts(name, version, scope, receive, None)
+        spans: list[object] = []
+        start = time.time_ns()
+        answer = await self._parts(name, version, scope, receive, spans)
+        status, _, body = answer
+        _trace(scope, name, start, status, body, spans)
+        return answer
+
+    async def _parts(self, name: str, version: str | None, scope: Scope, receive: Receive,
+                     spans: list[object] | None) -> Parts:
+        """The answer; with traces on, ``spans`` gets the version, lane and prediction to record."""
         headers = scope_headers(scope, _WANTED)
+        if spans is not None:
+            spans.append(headers)
         if self.hosts is not None:
             check_host(headers.get(_HOST), self.hosts)
         key = codec.routing_key(headers.get(_ROUTING_KEY) or None, ROUTING_KEY_HEADER)  # empty: no key
@@ -165,13 +183,19 @@ class InferRoute:
                 assert self.keyed is not None
                 keyed = await self.keyed.infer(mv, req.inputs or None, routing.keys, timeout, routed=version is None,
                                                key=routing.key)
+                if spans is not None:
+                    spans += [keyed.model.version, "hybrid", keyed.live.prediction if keyed.live else None]
                 return self._answer(keyed.model.name, keyed.model.version, keyed.outputs, req,
                                     keyed_headers(keyed), keyed.parameters())
             result = await self.lane.infer_on(mv, req.inputs, timeout, routed=version is None, key=routing.key)
         except InferlaneError as e:  # the answer still names the version the request went to
             status, error_headers, error_body = error_parts(e)
             error_headers.append((_VERSION, mv.version.encode()))
+            if spans is not None:
+                spans += [mv.version, "online", None]
             return status, error_headers, error_body
+        if spans is not None:
+            spans += [result.model.version, "online", result.prediction]
         return self._answer(result.model.name, result.model.version, result.prediction.outputs, req,
                             [(b"server-timing", server_timing(result))])
 
@@ -194,6 +218,35 @@ class InferRoute:
             log.exception("unexpected error on POST %s", scope["path"])
             status, headers, body = error_parts(InferlaneError(hidden_error("internal error", repr(e))))
         await send_parts(send, status, headers, body)
+
+
+def _trace(scope: Scope, name: str, start_ns: int, status: int, body: bytes, spans: list[object]) -> None:
+    """The request as a span under the caller's ``traceparent``, with its queue and forward spans."""
+    end = time.time_ns()
+    headers = spans[0] if spans and isinstance(spans[0], dict) else {}
+    version, lane, prediction = spans[1:4] if len(spans) >= 4 else (None, "online", None)
+    attributes: dict[str, object] = {"http.request.method": "POST", "url.path": scope["path"],
+                                     "http.response.status_code": status, "inferlane.model": name,
+                                     "inferlane.lane": str(lane)}
+    if version is not None:
+        attributes["inferlane.version"] = str(version)
+    phases = []
+    if isinstance(prediction, Prediction):
+        attributes["inferlane.batch_rows"] = prediction.batch_rows
+        forward_end = end  # splitting and encoding the answer take microseconds: the span ends with it
+        forward_start = forward_end - int(prediction.forward_s * 1e9)
+        phases = [("queue", forward_start - int(prediction.queue_s * 1e9), forward_start),
+                  ("forward", forward_start, forward_end)]
+    error = None
+    if status >= 500:
+        error = str(orjson.loads(body).get("error", status)) if body[:1] == b"{" else str(status)
+    tracing.record("POST /v2/models/{model}/infer", parent=_text(headers.get(_TRACEPARENT)),
+                   tracestate=_text(headers.get(_TRACESTATE)), start_ns=start_ns, end_ns=end,
+                   attributes=attributes, phases=phases, error=error)
+
+
+def _text(value: object) -> str | None:
+    return value.decode("latin-1") if isinstance(value, bytes) else value if isinstance(value, str) else None
 
 
 async def send_parts(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from inferlane.core import codec
+from inferlane.core import codec, tracing
 from inferlane.core.errors import Conflict, InvalidInput, NotFound
 from inferlane.lanes.jobs import JobsLane
 from inferlane.lanes.jobs.lane import RawRequest
@@ -61,7 +61,7 @@ def job_routes(lane: JobsLane, body_timeout_s: float) -> list[Route]:
             request_id=request_id, parameters=parameters,
             idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
             callback_url=_optional_str(doc, "callback_url"), output_uri=_optional_str(doc, "output_uri"),
-            tenant=owner, raw=raw)
+            tenant=owner, raw=raw, trace_parent=request.headers.get(tracing.TRACEPARENT))
         headers = {"Location": f"/v2/jobs/{job.id}"}
         if not created:
             headers["Idempotent-Replayed"] = "true"
