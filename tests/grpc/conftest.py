@@ -6,15 +6,37 @@ from __future__ import annotations
 import contextlib
 import shutil
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+import httpx
 import pytest
 
-from inferlane.testing import LOOPBACK, free_port, is_ready, on_free_port, serve_or_fail
+from inferlane.server.app import create_app
+from inferlane.server.settings import ServerSettings
+from inferlane.testing import LOOPBACK, free_port, is_ready, on_free_port, serve_or_fail, wait_until_async
 from inferlane.testing.server import serve_command
+from inferlane.transport.grpc.proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from tests.conftest import X4, write_python_model, write_slow_model
+
+
+@contextlib.asynccontextmanager
+async def in_process(repo: Path, tmp_path: Path, port: int) -> AsyncIterator[tuple[httpx.AsyncClient,
+                                                                                   GRPCInferenceServiceStub]]:
+    """``create_app`` with gRPC on ``port``, in this process: its lifespan runs, HTTP through ASGI, gRPC
+    over a real channel; yields once the models are loaded."""
+    settings = ServerSettings(model_repository=repo, grpc_port=port, jobs_workers=0,
+                              jobs_store=f"sqlite:///{tmp_path / 'jobs.db'}",
+                              rollout_store=f"sqlite:///{tmp_path / 'rollouts.db'}")
+    app = create_app(settings)
+    async with app.app.router.lifespan_context(app.app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http, \
+            grpc.aio.insecure_channel(f"{LOOPBACK}:{port}") as channel:
+        await wait_until_async(lambda: app.state.registry.ready, "the models are loaded")
+        yield http, GRPCInferenceServiceStub(channel)
+
 
 TOKEN = "grpc-tests-admin-token-0123"
 AUTH = {"authorization": f"Bearer {TOKEN}"}

@@ -17,11 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from inferlane.lanes.batch import BatchJob, run_batch
-from inferlane.server.app import create_app
-from inferlane.server.settings import ServerSettings
-from inferlane.testing import LOOPBACK, free_port, wait_until_async
+from inferlane.testing import free_port
 from inferlane.transport.grpc.proto import grpc_service_pb2 as pb
 from inferlane.transport.grpc.proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+from tests.grpc.conftest import in_process
 from tests.hybrid.test_hybrid_serve import FEATURES, features_of, with_hybrid
 
 pytestmark = pytest.mark.anyio
@@ -39,16 +38,8 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, GRPC
     report = run_batch(BatchJob(model=str(repo / "scores"), input=str(tmp_path / "in.parquet"), output=url,
                                 key=["id"], job_id="precompute", progress=False))
     assert report["rows_written"] == ROWS, report
-    port = free_port()
-    settings = ServerSettings(model_repository=repo, grpc_port=port, jobs_workers=0,
-                              jobs_store=f"sqlite:///{tmp_path / 'jobs.db'}",
-                              rollout_store=f"sqlite:///{tmp_path / 'rollouts.db'}")
-    app = create_app(settings)
-    async with app.app.router.lifespan_context(app.app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http, \
-            grpc.aio.insecure_channel(f"{LOOPBACK}:{port}") as channel:
-        await wait_until_async(lambda: app.state.registry.ready, "the models are loaded")
-        yield http, GRPCInferenceServiceStub(channel)
+    async with in_process(repo, tmp_path, free_port()) as running_app:
+        yield running_app
 
 
 def keyed(key: str, x: np.ndarray | None = None) -> pb.ModelInferRequest:

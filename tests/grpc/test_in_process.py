@@ -12,12 +12,11 @@ import grpc
 import httpx
 import pytest
 
-from inferlane.server.app import create_app
-from inferlane.server.settings import ServerSettings
-from inferlane.testing import LOOPBACK, accepts_connections, free_port, wait_until_async
+from inferlane.testing import accepts_connections, free_port
 from inferlane.transport.grpc.proto import grpc_service_pb2 as pb
 from inferlane.transport.grpc.proto.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from tests.conftest import write_slow_model
+from tests.grpc.conftest import in_process
 
 pytestmark = pytest.mark.anyio
 
@@ -25,15 +24,8 @@ pytestmark = pytest.mark.anyio
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, port: int) -> AsyncIterator[tuple[httpx.AsyncClient, GRPCInferenceServiceStub]]:
     write_slow_model(tmp_path / "models", delay=0.0)
-    settings = ServerSettings(model_repository=tmp_path / "models", grpc_port=port, jobs_workers=0,
-                              jobs_store=f"sqlite:///{tmp_path / 'jobs.db'}",
-                              rollout_store=f"sqlite:///{tmp_path / 'rollouts.db'}")
-    app = create_app(settings)
-    async with app.app.router.lifespan_context(app.app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http, \
-            grpc.aio.insecure_channel(f"{LOOPBACK}:{port}") as channel:
-        await wait_until_async(lambda: app.state.registry.ready, "the models are loaded")
-        yield http, GRPCInferenceServiceStub(channel)
+    async with in_process(tmp_path / "models", tmp_path, port) as running_app:
+        yield running_app
 
 
 async def test_starts_and_stops_with_the_app_and_answers_on_its_loop(tmp_path: Path) -> None:
