@@ -238,7 +238,8 @@ def test_element_limit_is_413(tmp_path: Path) -> None:
     ({"python": {"klass": "Model"}}, "unknown field python.klass: did you mean class?"),
     ({"max_batch_size": 8}, "unknown field max_batch_size: it belongs under batching:"),
     ({"colour": "red"}, "unknown field colour: known fields are name, runtime, artifact"),
-    ({"runtime": "tensorflow"}, "runtime: Input should be 'onnx', 'sklearn' or 'python'"),
+    ({"runtime": "tensorflow"},
+     "runtime: Input should be 'onnx', 'sklearn', 'python', 'torch', 'xgboost' or 'lightgbm'"),
     ({"preprocess": "os.system"}, "preprocess: String should match pattern"),
 ])
 def test_config_errors_name_the_field(tmp_path: Path, change: dict[str, object], message: str) -> None:

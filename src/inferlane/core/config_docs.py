@@ -20,8 +20,11 @@ from inferlane.core.spec import (
     PythonOptions,
     SklearnOptions,
     TensorSpec,
+    TorchOptions,
+    TreeOptions,
     WarmupSpec,
 )
+from inferlane.core.text.config import PoolingSpec, TokenizerSpec
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("model.yaml (top level)", ModelConfig),
@@ -32,10 +35,14 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("onnx", OnnxOptions),
     ("sklearn", SklearnOptions),
     ("python", PythonOptions),
+    ("torch", TorchOptions),
+    ("trees (xgboost, lightgbm)", TreeOptions),
     ("drift", DriftSpec),
     ("hybrid", HybridSpec),
     ("features", FeaturesSpec),
     ("features.fields[]", FeatureField),
+    ("tokenizer", TokenizerSpec),
+    ("pooling", PoolingSpec),
 ]
 
 INTRO = """# model.yaml reference

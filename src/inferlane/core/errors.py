@@ -6,6 +6,7 @@ decide error semantics themselves (docs/architecture.md, "Errors")::
     InferlaneError                                     transient: a retry may succeed (core/retry.py)
     ├── InvalidInput          400  INVALID_ARGUMENT
     ├── PayloadTooLarge       413  RESOURCE_EXHAUSTED
+    ├── OutOfMemory           507  RESOURCE_EXHAUSTED  (a forward pass ran out of device memory)
     ├── ModelNotFound         404  NOT_FOUND
     ├── NotFound              404  NOT_FOUND       (a job id)
     ├── Conflict              409  FAILED_PRECONDITION
@@ -51,6 +52,14 @@ class PayloadTooLarge(InferlaneError):
     """A body or a tensor larger than the model's limits."""
 
     http_status = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class OutOfMemory(InferlaneError):
+    """A forward pass ran out of memory (``torch.cuda.OutOfMemoryError``, ``MemoryError``): that batch
+    fails, the model stays loaded and the server keeps serving."""
+
+    http_status = 507
     grpc_code = "RESOURCE_EXHAUSTED"
 
 

@@ -267,6 +267,15 @@ class BatchMetrics:
         self._forward = m.forward.labels(*labels)
         self._queue_wait = m.queue_wait.labels(*labels)
         self._stats = m.model_stats(model, version)
+        self._metrics, self._labels = m, labels
+
+    def on_bucket(self, length: int, rows: int) -> None:
+        """A text model's forward pass at padded length ``length`` (core/text/stage.py)."""
+        m = self._metrics
+        m.counter("inferlane_text_batches_total", "Forward passes of a text model by padded-length bucket",
+                  ("bucket",)).labels(*self._labels, str(length)).inc()
+        m.counter("inferlane_text_rows_total", "Texts run by a text model by padded-length bucket",
+                  ("bucket",)).labels(*self._labels, str(length)).inc(rows)
 
     def on_batch(self, rows: int, requests: int, forward_s: float, queue_waits: list[float]) -> None:
         self._batch_size.observe(rows)

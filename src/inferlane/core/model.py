@@ -32,6 +32,7 @@ from inferlane.core.plugins import load_function
 from inferlane.core.repository import locate_version
 from inferlane.core.runtimes import Runtime, load_runtime
 from inferlane.core.spec import ModelConfig, OnnxOptions, TensorSpec
+from inferlane.core.text.stage import BucketObserver, TextStage, runtime_config
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ class ModelVersion:
     """
 
     def __init__(self, config: ModelConfig, model_dir: Path, version: str, runtime: Runtime,
-                 preprocess: Processor | None = None, postprocess: Processor | None = None) -> None:
+                 preprocess: Processor | None = None, postprocess: Processor | None = None,
+                 text: TextStage | None = None) -> None:
         self.config = config
         self.name = config.name
         self.version = version
@@ -56,6 +58,8 @@ class ModelVersion:
         self.runtime = runtime
         self._pre = preprocess
         self._post = postprocess
+        self.text = text
+        """The tokenizer stage of a text model (core/text/stage.py), else None."""
         self.signature = Signature(config)
         self._budget = config.batch_elements_budget
         self.batcher: DynamicBatcher | None = None
@@ -74,8 +78,9 @@ class ModelVersion:
         onnx = config.onnx or OnnxOptions()
         plan = thread_plan(role, threads=threads or onnx.intra_op_num_threads, spinning=onnx.allow_spinning)
         log.info("model %s version %s: %s", config.name, version, plan.reason)
-        runtime = load_runtime(config, version_dir, plan)
-        mv = cls(config, model_dir, version, runtime, pre, post)
+        text = TextStage.load(config, version_dir) if config.tokenizer is not None else None
+        runtime = load_runtime(runtime_config(config), version_dir, plan)
+        mv = cls(config, model_dir, version, runtime, pre, post, text)
         mv.threads = plan
         return mv
 
@@ -91,6 +96,8 @@ class ModelVersion:
         # With one usable CPU the model and the event loop cannot run at once: a worker thread would
         # only add switches between them, so every pass short enough not to stall serving runs inline.
         one_cpu = self.threads is not None and self.threads.cpus == 1
+        if self.text is not None and isinstance(observer, BucketObserver):
+            self.text.observer = observer  # batches by padded-length bucket
         self.batcher = DynamicBatcher(
             self.forward, self.config.batching, elements_budget=self._budget,
             clock=clock or MonotonicClock(), observer=observer, name=f"{self.name}:{self.version}",
@@ -101,8 +108,13 @@ class ModelVersion:
 
     def check_inputs(self, inputs: Mapping[str, np.ndarray], *, per_request: bool = True) -> tuple[int, int, Hashable]:
         """Check decoded inputs against the signature (core/inputs/signature.py); returns
-        (rows, elements, batch key). InvalidInput (400) names the tensor at fault; PayloadTooLarge (413)."""
-        return self.signature.check(inputs, per_request=per_request)
+        (rows, elements, batch key). InvalidInput (400) names the tensor at fault; PayloadTooLarge (413).
+        A text model's key is the request's bucket and its elements its padded tokens."""
+        checked = self.signature.check(inputs, per_request=per_request)
+        if self.text is None or not per_request:
+            return checked  # whole batches: forward checks each text as it tokenizes them
+        admitted = self.text.admit(inputs)
+        return admitted.rows, admitted.elements, admitted.key
 
     def _check_outputs(self, outputs: Mapping[str, Any], rows: int) -> dict[str, np.ndarray]:
         """The one output check: every declared output, its datatype (same-kind casts allowed),
@@ -135,11 +147,13 @@ class ModelVersion:
         (names, datatypes, shapes, one row per input row) once. Every lane runs the model
         through here: the batcher for requests, :meth:`score` for whole batches."""
         rows = next(iter(batch.values())).shape[0]
-        x = self._pre(batch) if self._pre is not None else batch
-        y = self.runtime.predict(x)
+        y = self.text.run(batch, self._predict) if self.text is not None else self._predict(batch)
         if self._post is not None:
             y = self._post(y)
         return self._check_outputs(y, rows)
+
+    def _predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.runtime.predict(self._pre(batch) if self._pre is not None else batch)
 
     def score(self, inputs: Mapping[str, np.ndarray], chunk_rows: int,
               observe: Callable[[int, float], None] | None = None) -> dict[str, np.ndarray]:
@@ -161,7 +175,13 @@ class ModelVersion:
     def infer(self, inputs: Mapping[str, np.ndarray], deadline: float, priority: int = ONLINE) -> Awaitable[Prediction]:
         """Validate one request (raising at once) and run it through the batcher (``BACKGROUND``
         for jobs): await the result. Not a coroutine itself: one frame less on every resume."""
-        rows, elements, key = self.check_inputs(inputs)
+        key: Hashable
+        if self.text is not None:  # tokenized once, here: the batcher queues the padded tokens
+            self.signature.check(inputs)
+            admitted = self.text.admit(inputs)
+            rows, elements, key, inputs = admitted.rows, admitted.elements, admitted.key, admitted.tokens
+        else:
+            rows, elements, key = self.check_inputs(inputs)
         assert self.batcher is not None, "start_batcher() before infer()"
         return self.batcher.submit(inputs, rows=rows, elements=elements, deadline=deadline, key=key,
                                    priority=priority)

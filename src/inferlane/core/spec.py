@@ -27,8 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from inferlane.core.datatypes import DATATYPES, from_numpy
 from inferlane.core.duration import parse_duration
 from inferlane.core.errors import ConfigError
+from inferlane.core.text.config import PoolingSpec, TokenizerSpec, check_text_config
 
-RuntimeName = Literal["onnx", "sklearn", "python"]
+RuntimeName = Literal["onnx", "sklearn", "python", "torch", "xgboost", "lightgbm"]
 
 
 class _Strict(BaseModel):
@@ -217,10 +218,14 @@ class ModelConfig(_Strict):
     name: str = Field(default="", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$|^$")
     """Model name; defaults to the folder name."""
     runtime: RuntimeName = "onnx"
-    """onnx (ONNX Runtime), sklearn (skops, or joblib when trusted) or python (your class)."""
+    """onnx (ONNX Runtime), sklearn (skops, or joblib when trusted), python (your class), torch
+    (TorchScript, torch.export or an nn.Module with safetensors weights), xgboost or lightgbm (native
+    model files); docs/runtimes.md."""
     artifact: str | None = None
-    """File inside each version folder: defaults to model.onnx, model.skops or model.py. It must stay
-    inside the folder: an absolute path, ``..`` or a symbolic link leading out is refused."""
+    """File inside each version folder: defaults to model.onnx, model.skops, model.py, model.pt
+    (torch; model.pt2 for torch.kind export, model.safetensors for module), model.ubj (xgboost) or
+    model.txt (lightgbm). It must stay inside the folder: an absolute path, ``..`` or a symbolic link
+    leading out is refused."""
     trusted: bool = False
     """Allow pickle-based artifacts (joblib). Only for files you built yourself."""
     trusted_types: tuple[str, ...] = ()
@@ -249,6 +254,19 @@ class ModelConfig(_Strict):
     """Which estimator method produces which output."""
     python: PythonOptions | None = None
     """Which class in the artifact is the model."""
+    torch: TorchOptions | None = None
+    """PyTorch settings (artifact kind, nn.Module class, threads, torch.compile); docs/runtimes.md."""
+    trees: TreeOptions | None = None
+    """XGBoost and LightGBM settings: which prediction produces which output, threads."""
+    device: str = Field(default="cpu", pattern=r"^(cpu|auto|cuda(:\d{1,3})?)$")
+    """Where the model runs: ``cpu``, ``cuda:N`` (``cuda`` is ``cuda:0``) or ``auto`` (``cuda:0`` when
+    the runtime sees a CUDA device, else ``cpu``). Used by the torch runtime and by ONNX Runtime (its
+    CUDA provider); xgboost passes it to the booster; lightgbm runs on CPU only."""
+    device_memory_budget_bytes: int | None = Field(default=None, ge=1)
+    """Most memory one version may take on its device. Checked before loading (the artifact's size)
+    and after (memory measured at load); over it, the version is refused and a running version keeps
+    serving. On a CUDA device a version is also refused when its artifact does not fit in the free
+    device memory."""
     drift: DriftSpec = DriftSpec()
     """Output (and optionally input) drift of each served version against a reference (see below)."""
     hybrid: HybridSpec | None = None
@@ -257,6 +275,12 @@ class ModelConfig(_Strict):
     features: FeaturesSpec | None = None
     """Assemble one input from request fields and features stored by key (docs/hybrid.md, "Online
     features")."""
+    tokenizer: TokenizerSpec | None = None
+    """Text models: tokenize a BYTES input with a Hugging Face tokenizers file, length-aware batching
+    by padded-length bucket, ``max_input_length`` (see below and docs/text.md)."""
+    pooling: PoolingSpec | None = None
+    """Embedding models: pool the model's token vectors into one vector per text, optionally
+    L2-normalised (see below)."""
 
     @field_validator("artifact")
     @classmethod
@@ -273,8 +297,11 @@ class ModelConfig(_Strict):
             dupes = {n for n in names if names.count(n) > 1}
             if dupes:
                 raise ValueError(f"{group}: duplicate tensor names {sorted(dupes)}")
-        if self.runtime == "sklearn" and len(self.inputs) != 1:
-            raise ValueError("runtime sklearn takes exactly one input (the feature matrix)")
+        if self.runtime in ("sklearn", "xgboost", "lightgbm") and len(self.inputs) != 1:
+            raise ValueError(f"runtime {self.runtime} takes exactly one input (the feature matrix)")
+        if self.runtime in ("sklearn", "python") and (self.device != "cpu" or self.device_memory_budget_bytes):
+            raise ValueError(f"device and device_memory_budget_bytes apply to runtimes onnx, torch, xgboost and "
+                             f"lightgbm; runtime {self.runtime} runs on the CPU")
         if self.features is not None:
             target = next((s for s in self.inputs if s.name == self.features.input), None)
             if target is None:
@@ -288,6 +315,7 @@ class ModelConfig(_Strict):
             clash = sorted(set(self.features.request_fields) & {s.name for s in self.inputs})
             if clash:
                 raise ValueError(f"features: request fields {clash} have the names of model inputs")
+        check_text_config(self.inputs, self.outputs, self.tokenizer, self.pooling)
         return self
 
     @property
@@ -303,14 +331,20 @@ class ModelConfig(_Strict):
 
     @property
     def artifact_name(self) -> str:
-        return self.artifact or {"onnx": "model.onnx", "sklearn": "model.skops", "python": "model.py"}[
-            self.runtime
-        ]
+        if self.artifact:
+            return self.artifact
+        if self.runtime == "torch":
+            kind = self.torch.kind if self.torch is not None else "auto"
+            return {"export": "model.pt2", "module": "model.safetensors"}.get(kind, "model.pt")
+        return {"onnx": "model.onnx", "sklearn": "model.skops", "python": "model.py",
+                "xgboost": "model.ubj", "lightgbm": "model.txt"}[self.runtime]
 
     @property
     def batch_elements_budget(self) -> int:
         if self.batching.max_batch_elements is not None:
             return self.batching.max_batch_elements
+        if self.tokenizer is not None:  # a text request's elements are its padded tokens
+            return self.tokenizer.batch_tokens
         per_row = [s.row_elements for s in self.inputs]
         if any(e is None for e in per_row):
             return 16_000_000
@@ -344,6 +378,34 @@ class PythonOptions(_Strict):
     """Class in the artifact file; it has ``load(version_dir)`` and ``predict(batch)``."""
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
                               use_attribute_docstrings=True)
+
+
+class TorchOptions(_Strict):
+    kind: Literal["auto", "torchscript", "export", "module"] = "auto"
+    """How the artifact loads: ``torchscript`` (a ``torch.jit.save`` file, default model.pt),
+    ``export`` (a ``torch.export.save`` program, model.pt2; torch loads it with pickle, so it needs
+    ``trusted: true``), ``module`` (the class named by ``module`` with its weights from
+    model.safetensors). ``auto``: by the artifact's suffix (.pt2 export, .safetensors module, else
+    torchscript)."""
+    module: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w]*:[A-Za-z_][\w]*$")
+    """``file:Class`` in the model folder: the ``nn.Module`` built for kind ``module``."""
+    init_args: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for that class's constructor."""
+    compile: bool = False
+    """Wrap the model in ``torch.compile``; it compiles during warm-up (on CPU it needs a C++
+    compiler), and a failure stops the load with its message."""
+    threads: int = Field(default=0, ge=0, le=1024)
+    """``torch.set_num_threads`` (per process); 0 chooses from the CPUs the process may use, as for
+    ONNX Runtime."""
+
+
+class TreeOptions(_Strict):
+    outputs: dict[str, Literal["value", "margin", "probabilities", "label"]] = Field(default_factory=dict)
+    """Output name → what fills it: ``value`` (the booster's prediction for its objective), ``margin``
+    (raw score), ``probabilities`` (one column per class, binary models too), ``label`` (the most
+    probable class, INT64). Default: the first output gets ``value``."""
+    threads: int = Field(default=0, ge=0, le=1024)
+    """``nthread`` / ``num_threads``; 0 chooses from the CPUs the process may use."""
 
 
 ModelConfig.model_rebuild()

@@ -30,6 +30,12 @@ def load_runtime(config: ModelConfig, version_dir: Path, plan: ThreadPlan) -> Ru
     if config.runtime == "sklearn":
         from inferlane.core.runtimes.sklearn import SklearnRuntime
         return SklearnRuntime(config, version_dir)
+    if config.runtime == "torch":
+        from inferlane.core.runtimes.torch import TorchRuntime
+        return TorchRuntime(config, version_dir, plan)
+    if config.runtime in ("xgboost", "lightgbm"):
+        from inferlane.core.runtimes.trees import TreeRuntime
+        return TreeRuntime(config, version_dir, plan)
     from inferlane.core.runtimes.python import PythonRuntime
     return PythonRuntime(config, version_dir)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -10,6 +11,7 @@ from inferlane.core.cpus import ThreadPlan
 from inferlane.core.datatypes import to_numpy
 from inferlane.core.errors import ConfigError
 from inferlane.core.runtimes.base import Batch
+from inferlane.core.runtimes.devices import onnx_providers
 from inferlane.core.spec import ModelConfig, OnnxOptions
 
 _ORT_TYPES = {
@@ -36,8 +38,9 @@ class OnnxRuntime:
             so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[opts.graph_optimization_level])
         available = set(ort.get_available_providers())
-        providers = [p for p in opts.providers if p in available] or ["CPUExecutionProvider"]
+        providers: list[Any] = [p for p in opts.providers if p in available] or ["CPUExecutionProvider"]
         path = version_dir / config.artifact_name
+        providers = onnx_providers(config, path, providers, available)  # device: cuda:N → CUDA provider
         try:
             self._session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as e:  # ORT raises its own exception classes for unreadable models

@@ -63,8 +63,7 @@ def _metadata(name: str, versions: list[str], config: ModelConfig) -> dict[str, 
     return {
         "name": name,
         "versions": versions,
-        "platform": {"onnx": "onnxruntime_onnx", "sklearn": "sklearn",
-                     "python": "python"}[config.runtime],
+        "platform": {"onnx": "onnxruntime_onnx", "torch": "pytorch"}.get(config.runtime, config.runtime),
         "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
                    for s in config.inputs],
         "outputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
