@@ -11,10 +11,11 @@ from collections import defaultdict
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-LAYERS = ["core", "store", "rollout", "lanes", "transport", "server", "testing", "bench", "demo", "deploy", "advise",
+LAYERS = ["core", "advise", "store", "rollout", "lanes", "transport", "server", "testing", "bench", "demo", "deploy",
           "cli"]
 """Bottom to top (docs/architecture.md, "Layers"; the test harness and the demo run a server, the demo drives it
-with the load generator (bench), the advisor profiles models, the CLI runs them all):
+with the load generator (bench), the CLI runs them all; the advisor needs only the core, and the dashboard
+shows its advice):
 a module may import its own layer and the layers below it."""
 
 

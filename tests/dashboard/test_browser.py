@@ -120,6 +120,24 @@ def test_the_page_loads_updates_under_load_and_needs_no_network(browser: Browser
         wait_until(lambda: batch_row.count() == 1, "the batch job's row shows", timeout_s=10)
         assert "25.0%" in batch_row.inner_text()
 
+    # the advisor, on the forward times this traffic measured: the form's defaults (inputs known ahead,
+    # an hour of freshness) give hybrid, with a cost per pattern
+    page.select_option("#advisor-model", "quick")
+    page.click("#advisor button")
+    wait_until(lambda: page.locator("#advice").is_visible(), "the advice shows", timeout_s=15)
+    assert _text(page, "#advice-pattern") == "hybrid"
+    assert page.locator("#advice-costs tbody tr").count() == 5
+    assert page.locator("#advice-costs td.chosen").inner_text() == "hybrid"
+    assert page.locator("#advice-migration li").count() >= 1
+    assert problems == []
+    page.fill("#advisor [name=peak_rps]", "-3")
+    page.click("#advisor button")
+    wait_until(lambda: page.locator("#advice-error").is_visible(), "a bad field is reported", timeout_s=15)
+    assert "peak-rps" in _text(page, "#advice-error") or "peak_rps" in _text(page, "#advice-error")
+    # the browser logs the refused request itself (a 400 answer): that one line is expected, nothing else
+    assert [p for p in problems if "status of 400" not in p] == [] and len(problems) == 1
+    problems.clear()
+
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000

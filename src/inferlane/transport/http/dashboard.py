@@ -2,6 +2,7 @@
 
     GET /dashboard                    the page: HTML, one script and one stylesheet, no CDN, no build step
     GET /dashboard/data               the JSON snapshot the page polls every second
+    GET /dashboard/advise?model=...   the pattern advisor on the profile measured while serving (docs/choosing.md)
     GET /dashboard/static/{name}      the page's own files (a fixed list read at start; anything else 404)
 
 Public like ``/metrics``: the page shows what the Prometheus series already tell anyone who can reach
@@ -22,6 +23,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from inferlane.advise.advisor import advise
+from inferlane.advise.live import profile_from_stats, workload_from_query
+from inferlane.core.errors import ConfigError, InvalidInput
 from inferlane.core.metrics import Metrics
 from inferlane.rollout.controller import RolloutController
 from inferlane.rollout.registry import ModelRegistry
@@ -75,8 +79,27 @@ def dashboard_routes(registry: ModelRegistry, metrics: Metrics, controller: Roll
             return _json({"error": f"no dashboard file {request.path_params['name'][:100]!r}"}, 404)
         return Response(found[0], media_type=found[1], headers={**_HEADERS, "cache-control": "no-cache"})
 
+    def advice_for(query: dict[str, str]) -> dict[str, Any]:  # the statistics files: off the event loop
+        name = query.get("model")
+        if not name:
+            raise InvalidInput("model is required (the model to advise on)")
+        mv = registry.get(name, query.get("version") or None)  # ModelNotFound: 404
+        try:
+            workload = workload_from_query(query)
+            prof = profile_from_stats(mv.name, mv.version, mv.config.runtime, metrics.stats_doc(mv.name, mv.version),
+                                      threads=mv.threads.threads if mv.threads is not None else 0)
+            return advise(workload, prof, model_folder=f"./models/{mv.name}").to_dict()
+        except ConfigError as e:
+            raise InvalidInput(e.message) from None
+
+    async def advice(request: Request) -> Response:
+        """The pattern advisor (docs/choosing.md) on the profile this server measured while serving."""
+        return _json(await run_in_threadpool(advice_for, dict(request.query_params)),
+                     headers={**_HEADERS, "cache-control": "no-store"})
+
     return [
         Route("/dashboard", page, methods=["GET"]),
         Route("/dashboard/data", data, methods=["GET"]),
+        Route("/dashboard/advise", advice, methods=["GET"]),
         Route("/dashboard/static/{name:path}", asset, methods=["GET"]),
     ]

@@ -168,6 +168,7 @@ function render(d) {
   document.getElementById("window").textContent = d.window_s === null ? "-" : d.window_s.toFixed(1) + " s";
   document.getElementById("updated").textContent = new Date(d.time * 1000).toLocaleTimeString();
   fill("versions", versionRows(d.versions), "no model version loaded yet");
+  models(d.versions);
   fill("rollouts", d.rollouts.map((r) => [
     cell(r.model, "model", "text"), cell(r.state, "state", "text"), cell(r.stable, "stable"),
     cell(r.canary === null ? "-" : r.canary, "canary"), cell(r.step + " / " + r.steps, "step"),
@@ -210,3 +211,50 @@ async function poll() {
 }
 
 poll();
+
+// -- the advisor: GET /dashboard/advise with the form's fields ------------------------------------
+
+function models(versions) {
+  const select = document.getElementById("advisor-model");
+  const names = [...new Set(versions.map((v) => v.model))].sort();
+  const have = [...select.options].map((o) => o.value);
+  if (names.join("\n") === have.join("\n")) return;
+  const chosen = select.value;
+  select.replaceChildren(...names.map((n) => el("option", n)));
+  if (names.includes(chosen)) select.value = chosen;
+}
+
+function list(id, items, tag) {
+  document.getElementById(id).replaceChildren(...items.map((t) => el(tag || "li", t)));
+}
+
+async function advise(event) {
+  event.preventDefault();
+  const query = new URLSearchParams();
+  for (const [k, v] of new FormData(event.target)) if (String(v).trim() !== "") query.set(k, String(v).trim());
+  const box = document.getElementById("advice");
+  const problem = document.getElementById("advice-error");
+  try {
+    const r = await fetch("/dashboard/advise?" + query.toString(), { cache: "no-store" });
+    const doc = await r.json();
+    if (!r.ok) throw new Error(doc.error || "HTTP " + r.status);
+    document.getElementById("advice-pattern").textContent = doc.pattern;
+    list("advice-reasons", doc.reasons);
+    fill("advice-costs", doc.costs.map((c) => [
+      cell(c.pattern, "pattern", c.pattern === doc.pattern ? "chosen" : ""), cell(c.replicas),
+      cell(num(c.machine_hours_per_day, 1)), cell(num(c.cost_per_day, 2)), cell(num(c.cost_per_million, 4)),
+      cell(c.meets_needs ? "yes" : "no: " + c.why_not),
+    ]), "no pattern");
+    list("advice-change", doc.what_would_change);
+    list("advice-migration", doc.migration);
+    problem.hidden = true;
+    box.hidden = false;
+  } catch (e) {
+    problem.textContent = "advisor: " + e.message;
+    problem.hidden = false;
+    box.hidden = true;
+  }
+}
+
+document.getElementById("advisor").addEventListener("submit", advise); // a deferred script: the page is parsed
+
