@@ -23,22 +23,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT, command_line, logger, module_command, source_state, write_json
 from benchmarks.online.cells import Serving
 from benchmarks.online.machine import pin
-from benchmarks.online.servers import bare_server, inferlane_server
+from benchmarks.online.servers import bare_server, inferlane_server, module_server
 from benchmarks.online.wrk import WrkResult, lua_script, require_wrk, run_wrk, wrk_command
 from inferlane.testing import (
     Column,
     all_cpu_seconds,
     format_table,
-    is_ready,
     num,
-    on_free_port,
     pct,
     process_tree,
     ratio,
@@ -62,12 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@contextlib.contextmanager
-def sink_server(core: int, work: Path) -> Iterator[Serving]:
-    with on_free_port(lambda port: module_command("benchmarks.loadgen.sink", str(port), prefix=pin(core)),
-                      is_ready, log=work / "sink.log", what="the sink answers", start_timeout_s=30,
-                      cwd=ROOT) as running:
-        yield Serving(running.port, running.proc.pid)
+def sink_server(core: int, work: Path) -> contextlib.AbstractContextManager[Serving]:
+    return module_server("benchmarks.loadgen.sink", core, work / "sink.log", "the sink answers", start_timeout_s=30)
 
 
 def fraud_setup(work: Path) -> tuple[Path, bytes]:

@@ -21,11 +21,16 @@ def log_name(endpoint: Endpoint) -> str:
 
 
 @contextlib.contextmanager
-def bare_server(core: int, work: Path) -> Iterator[Serving]:
-    with on_free_port(lambda port: module_command("benchmarks.online.bare", str(port), prefix=pin(core)),
-                      is_ready, log=work / "bare.log", what="the bare endpoint is ready", start_timeout_s=60,
-                      cwd=ROOT) as running:
+def module_server(module: str, core: int, log: Path, what: str, start_timeout_s: float = 60) -> Iterator[Serving]:
+    """``python -m module PORT`` pinned to ``core`` on a free port, ready when ``GET /v2/health/ready``
+    answers 200."""
+    with on_free_port(lambda port: module_command(module, str(port), prefix=pin(core)), is_ready, log=log,
+                      what=what, start_timeout_s=start_timeout_s, cwd=ROOT) as running:
         yield Serving(running.port, running.proc.pid)
+
+
+def bare_server(core: int, work: Path) -> contextlib.AbstractContextManager[Serving]:
+    return module_server("benchmarks.online.bare", core, work / "bare.log", "the bare endpoint is ready")
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import logging
 import re
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -150,7 +151,7 @@ class InferRoute:
     async def parts(self, name: str, version: str | None, scope: Scope, receive: Receive) -> Parts:
         if not tracing.on():
             return await self._parts(name, version, scope, receive, None)
-        spans: list[object] = []
+        spans = _Traced()
         start = time.time_ns()
         answer = await self._parts(name, version, scope, receive, spans)
         status, _, body = answer
@@ -158,11 +159,11 @@ class InferRoute:
         return answer
 
     async def _parts(self, name: str, version: str | None, scope: Scope, receive: Receive,
-                     spans: list[object] | None) -> Parts:
-        """The answer; with traces on, ``spans`` gets the version, lane and prediction to record."""
+                     spans: _Traced | None) -> Parts:
+        """The answer; with traces on, ``spans`` gets the headers, version, lane and prediction to record."""
         headers = scope_headers(scope, _WANTED)
         if spans is not None:
-            spans.append(headers)
+            spans.headers = headers
         if self.hosts is not None:
             check_host(headers.get(_HOST), self.hosts)
         key = codec.routing_key(headers.get(_ROUTING_KEY) or None, ROUTING_KEY_HEADER)  # empty: no key
@@ -184,7 +185,7 @@ class InferRoute:
                 keyed = await self.keyed.infer(mv, req.inputs or None, routing.keys, timeout, routed=version is None,
                                                key=routing.key)
                 if spans is not None:
-                    spans += [keyed.model.version, "hybrid", keyed.live.prediction if keyed.live else None]
+                    spans.answered(keyed.model.version, "hybrid", keyed.live.prediction if keyed.live else None)
                 return self._answer(keyed.model.name, keyed.model.version, keyed.outputs, req,
                                     keyed_headers(keyed), keyed.parameters())
             result = await self.lane.infer_on(mv, req.inputs, timeout, routed=version is None, key=routing.key)
@@ -192,10 +193,10 @@ class InferRoute:
             status, error_headers, error_body = error_parts(e)
             error_headers.append((_VERSION, mv.version.encode()))
             if spans is not None:
-                spans += [mv.version, "online", None]
+                spans.answered(mv.version, "online", None)
             return status, error_headers, error_body
         if spans is not None:
-            spans += [result.model.version, "online", result.prediction]
+            spans.answered(result.model.version, "online", result.prediction)
         return self._answer(result.model.name, result.model.version, result.prediction.outputs, req,
                             [(b"server-timing", server_timing(result))])
 
@@ -220,18 +221,30 @@ class InferRoute:
         await send_parts(send, status, headers, body)
 
 
-def _trace(scope: Scope, name: str, start_ns: int, status: int, body: bytes, spans: list[object]) -> None:
+@dataclass(slots=True)
+class _Traced:
+    """What a traced request's span records, filled in while it is answered."""
+
+    headers: dict[bytes, str] = field(default_factory=dict)
+    version: str | None = None
+    lane: str = "online"
+    prediction: Prediction | None = None
+
+    def answered(self, version: str, lane: str, prediction: Prediction | None) -> None:
+        self.version, self.lane, self.prediction = version, lane, prediction
+
+
+def _trace(scope: Scope, name: str, start_ns: int, status: int, body: bytes, spans: _Traced) -> None:
     """The request as a span under the caller's ``traceparent``, with its queue and forward spans."""
     end = time.time_ns()
-    headers = spans[0] if spans and isinstance(spans[0], dict) else {}
-    version, lane, prediction = spans[1:4] if len(spans) >= 4 else (None, "online", None)
+    prediction = spans.prediction
     attributes: dict[str, object] = {"http.request.method": "POST", "url.path": scope["path"],
                                      "http.response.status_code": status, "inferlane.model": name,
-                                     "inferlane.lane": str(lane)}
-    if version is not None:
-        attributes["inferlane.version"] = str(version)
+                                     "inferlane.lane": spans.lane}
+    if spans.version is not None:
+        attributes["inferlane.version"] = spans.version
     phases = []
-    if isinstance(prediction, Prediction):
+    if prediction is not None:
         attributes["inferlane.batch_rows"] = prediction.batch_rows
         forward_end = end  # splitting and encoding the answer take microseconds: the span ends with it
         forward_start = forward_end - int(prediction.forward_s * 1e9)
@@ -240,13 +253,9 @@ def _trace(scope: Scope, name: str, start_ns: int, status: int, body: bytes, spa
     error = None
     if status >= 500:
         error = str(orjson.loads(body).get("error", status)) if body[:1] == b"{" else str(status)
-    tracing.record("POST /v2/models/{model}/infer", parent=_text(headers.get(_TRACEPARENT)),
-                   tracestate=_text(headers.get(_TRACESTATE)), start_ns=start_ns, end_ns=end,
+    tracing.record("POST /v2/models/{model}/infer", parent=spans.headers.get(_TRACEPARENT),
+                   tracestate=spans.headers.get(_TRACESTATE), start_ns=start_ns, end_ns=end,
                    attributes=attributes, phases=phases, error=error)
-
-
-def _text(value: object) -> str | None:
-    return value.decode("latin-1") if isinstance(value, bytes) else value if isinstance(value, str) else None
 
 
 async def send_parts(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
