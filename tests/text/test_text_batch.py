@@ -86,3 +86,27 @@ def test_sentences_embedded_to_a_vector_column_and_a_killed_job_resumes(minilm: 
     alone = mv.forward({"text": np.asarray([t.encode() for t in texts], dtype=object)})["embedding"]
     got = np.asarray(rows.column("embedding").to_pylist()[:20], dtype=np.float32)
     np.testing.assert_allclose(got, alone, rtol=0, atol=1e-6)
+
+
+def test_a_text_the_model_refuses_is_a_reject_and_the_rest_of_its_shard_is_scored(minilm: Path,
+                                                                                   tmp_path: Path) -> None:
+    texts = sentences(60, seed=5, long_share=0.0)
+    texts[7] = "word " * 400  # 402 tokens: over max_input_length 256
+    texts[31] = "x" * 20_000  # over max_input_bytes (64 bytes per token of max_input_length)
+    inp = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": np.arange(60, dtype=np.int64), "text": texts}), inp)
+    report = run_batch(BatchJob(model=str(minilm), input=str(inp), output=str(tmp_path / "out"), key=["id"],
+                                job_id="text-rejects", max_reject_ratio=0.05, progress=False))
+    assert report["status"] == "succeeded" and report["shards_failed"] == 0, report
+    assert (report["rows_written"], report["rows_rejected"]) == (58, 2)
+    rejects = {r["key"]: r["reason"] for p in sorted((tmp_path / "out" / "_rejects").glob("*.jsonl"))
+               for r in map(json.loads, p.read_text().splitlines())}
+    assert rejects == {
+        "7": "input 'text': 402 tokens; model takes at most 256 (tokenizer.max_input_length)",
+        "31": "input 'text': 20000 bytes; the limit is 16384 (tokenizer.max_input_bytes)"}
+    rows = pq.read_table(tmp_path / "out").sort_by("id")
+    assert rows["id"].to_pylist() == [i for i in range(60) if i not in (7, 31)]
+    keep = [t for i, t in enumerate(texts) if i not in (7, 31)]
+    alone = ModelVersion.open(minilm).forward({"text": np.asarray([t.encode() for t in keep], dtype=object)})
+    np.testing.assert_allclose(np.asarray(rows.column("embedding").to_pylist(), dtype=np.float32),
+                               alone["embedding"], rtol=0, atol=1e-6)

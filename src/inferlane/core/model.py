@@ -172,6 +172,12 @@ class ModelVersion:
             return outs[0]
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
+    def screen(self, inputs: Mapping[str, np.ndarray]) -> list[tuple[int, str]]:
+        """(row, reason) for each row of a whole batch that the model's stages refuse on its own
+        (a text model: a text too long or not text); empty for other models. Whole-batch lanes call
+        it after a row-level refusal (400/413) to reject those rows and score the rest."""
+        return self.text.screen(inputs) if self.text is not None else []
+
     def infer(self, inputs: Mapping[str, np.ndarray], deadline: float, priority: int = ONLINE) -> Awaitable[Prediction]:
         """Validate one request (raising at once) and run it through the batcher (``BACKGROUND``
         for jobs): await the result. Not a coroutine itself: one frame less on every resume."""

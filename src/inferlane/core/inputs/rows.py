@@ -44,6 +44,15 @@ class Decoded:
     def rows(self) -> int:
         return len(self.index)
 
+    def refuse(self, refused: list[tuple[int, str]]) -> Decoded:
+        """The same rows less ``refused`` ((model row, reason)), which become rejects by position."""
+        out = {j for j, _ in refused}
+        keep = [j for j in range(self.rows) if j not in out]
+        take = np.asarray(keep, dtype=np.int64)
+        keys = {k: [v[j] for j in keep] if isinstance(v, list) else v.take(take) for k, v in self.keys.items()}
+        rejects = sorted(self.rejects + [(self.index[j], reason) for j, reason in refused])
+        return Decoded([self.index[j] for j in keep], keys, {k: v[take] for k, v in self.inputs.items()}, rejects)
+
 
 def key_problem(field: str) -> str:
     return f"key field {field!r} is missing or not a string/integer"

@@ -103,25 +103,29 @@ class TextStage:
     def texts(self, arr: np.ndarray) -> list[str]:
         """The texts of a BYTES input: UTF-8 checked (400 naming the row), sizes checked before any
         tokenizing (413)."""
-        limit = self.spec.byte_limit
         out: list[str] = []
         for i, x in enumerate(arr.tolist()):
-            if isinstance(x, bytes):
-                if len(x) > limit:
-                    raise PayloadTooLarge(f"input {self.input!r} row {i}: {len(x)} bytes; the limit is {limit} "
-                                          "(tokenizer.max_input_bytes)")
-                try:
-                    out.append(x.decode("utf-8"))
-                except UnicodeDecodeError as e:
-                    raise InvalidInput(f"input {self.input!r} row {i}: not valid UTF-8 (byte {e.start})") from None
-            elif isinstance(x, str):
-                if len(x) > limit:
-                    raise PayloadTooLarge(f"input {self.input!r} row {i}: {len(x)} characters; the limit is "
-                                          f"{limit} bytes (tokenizer.max_input_bytes)")
-                out.append(x)
-            else:
-                raise InvalidInput(f"input {self.input!r} row {i}: a text must be a string, not {type(x).__name__}")
+            try:
+                out.append(self._text(x))
+            except (InvalidInput, PayloadTooLarge) as e:
+                raise type(e)(f"input {self.input!r} row {i}: {e.message}") from None
         return out
+
+    def _text(self, x: object) -> str:
+        """One text; InvalidInput or PayloadTooLarge says what is wrong with it (without the row)."""
+        limit = self.spec.byte_limit
+        if isinstance(x, bytes):
+            if len(x) > limit:
+                raise PayloadTooLarge(f"{len(x)} bytes; the limit is {limit} (tokenizer.max_input_bytes)")
+            try:
+                return x.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InvalidInput(f"not valid UTF-8 (byte {e.start})") from None
+        if isinstance(x, str):
+            if len(x) > limit:
+                raise PayloadTooLarge(f"{len(x)} characters; the limit is {limit} bytes (tokenizer.max_input_bytes)")
+            return x
+        raise InvalidInput(f"a text must be a string, not {type(x).__name__}")
 
     def _tokenize(self, texts: list[str]) -> _Encoded:
         encs = self._encode(texts, add_special_tokens=True)
@@ -130,9 +134,32 @@ class TextStage:
         too_long = np.flatnonzero(lengths > self.spec.max_input_length)
         if too_long.size:
             i = int(too_long[0])
-            raise PayloadTooLarge(f"input {self.input!r} row {i}: {int(lengths[i])} tokens; model takes at most "
-                                  f"{self.spec.max_input_length} (tokenizer.max_input_length)")
+            raise PayloadTooLarge(f"input {self.input!r} row {i}: {self._too_long(int(lengths[i]))}")
         return _Encoded(ids, [e.type_ids for e in encs], lengths)
+
+    def _too_long(self, tokens: int) -> str:
+        return f"{tokens} tokens; model takes at most {self.spec.max_input_length} (tokenizer.max_input_length)"
+
+    def screen(self, batch: Mapping[str, np.ndarray]) -> list[tuple[int, str]]:
+        """(row, reason) for every text of a whole batch that :meth:`run` would refuse: too many
+        bytes, not UTF-8, not a string, or over max_input_length. A whole-batch lane rejects those
+        rows alone and scores the others."""
+        if self.input not in batch:
+            return []
+        refused: list[tuple[int, str]] = []
+        rows: list[int] = []
+        texts: list[str] = []
+        for i, x in enumerate(batch[self.input].tolist()):
+            try:
+                texts.append(self._text(x))
+                rows.append(i)
+            except (InvalidInput, PayloadTooLarge) as e:
+                refused.append((i, f"input {self.input!r}: {e.message}"))
+        if texts:
+            encs = self._encode(texts, add_special_tokens=True)
+            refused += [(i, f"input {self.input!r}: {self._too_long(len(e.ids))}")
+                        for i, e in zip(rows, encs, strict=True) if len(e.ids) > self.spec.max_input_length]
+        return sorted(refused)
 
     def bucket_of(self, lengths: np.ndarray) -> np.ndarray:
         """The padded length of each text: the smallest bucket that holds it."""

@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from inferlane.core.errors import ConfigError, InferlaneError, RetriesExhausted
+from inferlane.core.errors import ConfigError, InferlaneError, InvalidInput, PayloadTooLarge, RetriesExhausted
 from inferlane.core.inputs import RecordDecoder
 from inferlane.core.inputs.columns import ColumnDecoder
 from inferlane.core.model import ModelVersion
@@ -110,12 +110,17 @@ class ShardScorer:
                 assert chunk.lines is not None
                 decoded = self.records.decode(chunk.lines)
                 rows_read += len(chunk.lines)
-            if decoded.rejects:
-                texts = self._key_texts(chunk, [pos for pos, _ in decoded.rejects])
-                rejects += [{"shard": shard.id, "row": chunk.row(pos), "key": texts[pos], "reason": reason}
-                            for pos, reason in decoded.rejects]
+            rejects += self._rejects(shard.id, chunk, decoded.rejects)
             chunks.append((chunk, decoded))
         return LoadedShard(shard, chunks, rejects, rows_read)
+
+    def _rejects(self, shard_id: str, chunk: Chunk, refused: list[tuple[int, str]]) -> list[dict[str, Any]]:
+        """The rejects file's records for (position in the chunk, reason)."""
+        if not refused:
+            return []
+        texts = self._key_texts(chunk, [pos for pos, _ in refused])
+        return [{"shard": shard_id, "row": chunk.row(pos), "key": texts[pos], "reason": reason}
+                for pos, reason in refused]
 
     def _key_texts(self, chunk: Chunk, positions: list[int]) -> dict[int, str | None]:
         """The key of each rejected row as text, for the rejects file (None when it has none)."""
@@ -144,7 +149,18 @@ class ShardScorer:
         for chunk, decoded in loaded.chunks:
             if not decoded.rows:
                 continue
-            outputs = model.score(decoded.inputs, self.job.batch_size, self.on_forward)
+            try:
+                outputs = model.score(decoded.inputs, self.job.batch_size, self.on_forward)
+            except (InvalidInput, PayloadTooLarge):  # a row the model refuses on its own (a text too long)
+                refused = model.screen(decoded.inputs)
+                if not refused:
+                    raise
+                rejects = rejects + self._rejects(loaded.shard.id, chunk,
+                                                  [(decoded.index[j], reason) for j, reason in refused])
+                decoded = decoded.refuse(refused)
+                if not decoded.rows:
+                    continue
+                outputs = model.score(decoded.inputs, self.job.batch_size, self.on_forward)
             table = scored_table(decoded.keys, outputs, model=model.name, version=model.version, scored_at=scored_at)
             if self.store_keys:
                 table, bad = self._storable(table, loaded.shard.id, chunk, decoded.index)
