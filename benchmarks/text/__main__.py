@@ -65,7 +65,7 @@ def prepare(work: Path) -> Path:
     plain.mkdir(parents=True)
     for f in (repo / "minilm" / "1").iterdir():
         os.link(f, plain / f.name)
-    (plain.parent / "model.yaml").write_text(MODEL_YAML.replace("buckets: [16, 32, 64, 128]", "buckets: [256]"),
+    (plain.parent / "model.yaml").write_text(MODEL_YAML.replace("tokenizer:\n", "tokenizer:\n  buckets: [256]\n"),
                                              encoding="utf-8")
     return repo
 

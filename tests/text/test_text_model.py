@@ -3,6 +3,7 @@ by bucket within the budget and put back in order, and the config checks of the 
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from inferlane.core.errors import ConfigError, PayloadTooLarge
 from inferlane.core.model import ModelVersion
 from inferlane.core.spec import load_config
+from inferlane.core.text.config import TokenizerSpec
 from inferlane.demo.texts import sentences
 
 BASE = """\
@@ -53,11 +55,11 @@ def test_a_whole_batch_runs_by_bucket_within_the_budget_in_row_order(minilm: Pat
     seen = Buckets()
     assert mv.text is not None
     mv.text.observer = seen
-    mv.text.budget = 400  # tokens: 25 rows of 16, 6 of 64
+    mv.text.budget = 200  # tokens: 12 rows of 16, 3 of 64
     got = mv.score({"text": as_bytes(texts)}, chunk_rows=64)["embedding"]
     assert len({length for length, _ in seen.seen}) >= 3  # short and long texts went apart
     assert len(seen.seen) > len({length for length, _ in seen.seen})  # the budget split a bucket
-    assert all(length * rows <= 400 for length, rows in seen.seen), seen.seen
+    assert all(length * rows <= 200 for length, rows in seen.seen), seen.seen
     assert sum(rows for _, rows in seen.seen) == len(texts)
     one_by_one = np.stack([mv.forward({"text": as_bytes([t])})["embedding"][0] for t in texts])
     np.testing.assert_allclose(got, one_by_one, rtol=0, atol=1e-6)
@@ -65,8 +67,8 @@ def test_a_whole_batch_runs_by_bucket_within_the_budget_in_row_order(minilm: Pat
 
 def test_one_request_is_padded_to_its_longest_texts_bucket(minilm: Path) -> None:
     mv = ModelVersion.open(minilm)
-    rows, elements, key = mv.check_inputs({"text": as_bytes(["short", "word " * 40])})
-    assert (rows, key, elements) == (2, 64, 128)
+    rows, elements, key = mv.check_inputs({"text": as_bytes(["short", "word " * 40])})  # 3 and 42 tokens
+    assert (rows, key, elements) == (2, 48, 96)
     with pytest.raises(PayloadTooLarge, match="row 0: 302 tokens"):
         mv.check_inputs({"text": as_bytes(["token " * 300])})
 
@@ -101,3 +103,11 @@ def test_a_missing_tokenizer_file_is_named(minilm: Path, tmp_path: Path) -> None
     (model / "model.yaml").write_text(BASE + "tokenizer: {file: vocab.json}\npooling: {}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"vocab\.json: tokenizer file not found"):
         ModelVersion.open(model)
+
+
+def test_default_buckets_pad_a_text_by_under_an_eighth_past_128_tokens() -> None:
+    lengths = TokenizerSpec(max_input_length=600).bucket_lengths
+    assert lengths[:16] == tuple(range(8, 129, 8))
+    assert lengths[16:] == (144, 160, 176, 192, 208, 224, 240, 256, 288, 320, 352, 384, 416, 448, 480, 512, 576, 600)
+    for short, long in pairwise(lengths[15:]):
+        assert (long - short) * 8 <= short  # a text one token over a bucket pads under 1/8 of itself

@@ -46,8 +46,10 @@ class TokenizerSpec(_Strict):
     tokenizer time. Default: 64 bytes per token of ``max_input_length``."""
     buckets: tuple[int, ...] = ()
     """Padded lengths: each text is padded to the smallest bucket that holds it, and only texts of
-    the same bucket share a batch, so one long text does not pad a whole batch. Default: powers of
-    two from 16; ``max_input_length`` is always the last bucket. ``[N]`` with N =
+    the same bucket share a batch, so one long text does not pad a whole batch. Default: every
+    multiple of 8 up to 128, then steps of 1/8 of the power of two below (144, 160, ... 256, 288,
+    ...): padding is under 1/8 of a text, which is what a whole batch's throughput wants, while
+    short requests still share few buckets. ``max_input_length`` is always the last bucket. ``[N]`` with N =
     ``max_input_length`` turns length-aware batching off (every text padded to N)."""
     max_batch_tokens: int | None = Field(default=None, ge=1)
     """Memory budget of one batch in padded tokens (rows × bucket length): the batcher never forms a
@@ -75,11 +77,11 @@ class TokenizerSpec(_Strict):
         """Every padded length, ascending; the last is ``max_input_length``."""
         if self.buckets:
             base = list(self.buckets)
-        else:
-            base, n = [], 16
+        else:  # each step an eighth of the power of two below (8 up to 128): under 1/8 of a text is padding
+            base, n = [], 8
             while n < self.max_input_length:
                 base.append(n)
-                n *= 2
+                n += max(8, 1 << (n.bit_length() - 4))
         return tuple(sorted({*base, self.max_input_length}))
 
     @property

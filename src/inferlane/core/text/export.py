@@ -29,7 +29,7 @@ outputs:
 tokenizer:
   file: tokenizer.json
   max_input_length: 256        # the model's max_seq_length; longer texts get 413
-  buckets: [16, 32, 64, 128]   # 256 is added as the last bucket
+  # buckets: by default every multiple of 8 up to 128, then 144, 160, ... 256
 pooling: {source: last_hidden_state, output: embedding, mode: mean, normalize: true}
 batching: {max_batch_size: 64, max_queue_delay_ms: 2}
 warmup:
