@@ -23,9 +23,13 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def _serve(args: argparse.Namespace) -> int:
     from inferlane.core import tracing
     from inferlane.core.repository import scan_repository
+    from inferlane.core.runtimes.devices import BUDGET_ENV, device_budgets, format_budgets
     from inferlane.server.app import run
     from inferlane.server.settings import SAGEMAKER_ON, ServerSettings
 
+    budgets = device_budgets(args.device_memory_budget or ())  # the flags over the environment's; bad: exit 2
+    if budgets:  # read from the environment by this process's runtimes, and by the workers and replicas it starts
+        os.environ[BUDGET_ENV] = format_budgets(budgets)
     sagemaker = args.sagemaker or None
     if args.repository is None and not os.environ.get("INFERLANE_MODEL_REPOSITORY") and not (
             sagemaker or os.environ.get("INFERLANE_SAGEMAKER", "").lower() in SAGEMAKER_ON):
@@ -71,6 +75,15 @@ def _seconds(text: str) -> float:
     if not 0 <= value <= 86_400:
         raise argparse.ArgumentTypeError(f"{text} must be between 0 and 86400 seconds")
     return value
+
+
+def _device_budget(text: str) -> tuple[str, int]:
+    from inferlane.core.runtimes.devices import parse_budget
+
+    try:
+        return parse_budget(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -146,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--watch", action="store_true",
                    help="hot-load new version folders of the repository while serving, without traffic "
                         "(INFERLANE_WATCH)")
+    s.add_argument("--device-memory-budget", action="append", type=_device_budget, default=None,
+                   metavar="DEVICE=SIZE",
+                   help="most memory the loaded versions of all models may take together on DEVICE (cpu, cuda, "
+                        "cuda:N), e.g. cuda:0=20GiB or cpu=2GiB (units B, KB, MB, GB, KiB, MiB, GiB); a version "
+                        "that would go over it is refused at load and the loaded ones keep serving; repeat it for "
+                        "each device; per server process (INFERLANE_DEVICE_MEMORY_BUDGET, comma-separated; "
+                        "docs/runtimes.md)")
     s.add_argument("--grpc-port", type=int, default=None,
                    help="also serve the V2 protocol over gRPC on this port (INFERLANE_GRPC_PORT; default 0: off; "
                         "Triton's is 8001)")

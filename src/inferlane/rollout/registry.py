@@ -83,9 +83,9 @@ class ModelRegistry:
 
     def _load_one(self, entry: ModelEntry, version: str) -> ModelVersion:
         mv = ModelVersion.load(entry.config, entry.path, version)
-        observer = self._observer_factory(entry.name, version) if self._observer_factory else None
-        mv.start_batcher(observer=observer)
-        try:
+        try:  # a version that fails here is closed: its runtime's device memory goes back to the pool
+            observer = self._observer_factory(entry.name, version) if self._observer_factory else None
+            mv.start_batcher(observer=observer)
             seconds = mv.warmup()
         except BaseException:
             mv.close()

@@ -11,7 +11,7 @@ from inferlane.core.cpus import ThreadPlan
 from inferlane.core.datatypes import to_numpy
 from inferlane.core.errors import ConfigError
 from inferlane.core.runtimes.base import Batch
-from inferlane.core.runtimes.devices import onnx_providers
+from inferlane.core.runtimes.devices import onnx_device, onnx_providers, report
 from inferlane.core.spec import ModelConfig, OnnxOptions
 
 _ORT_TYPES = {
@@ -40,12 +40,20 @@ class OnnxRuntime:
         available = set(ort.get_available_providers())
         providers: list[Any] = [p for p in opts.providers if p in available] or ["CPUExecutionProvider"]
         path = version_dir / config.artifact_name
-        providers = onnx_providers(config, path, providers, available)  # device: cuda:N → CUDA provider
+        device = onnx_device(config, path, available)
+        # ONNX Runtime reports no per-session memory: the artifact's size is the figure reserved.
+        self._held = report(config, path, device, path.stat().st_size,
+                            "artifact size; ONNX Runtime reports no session memory")
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
-        except Exception as e:  # ORT raises its own exception classes for unreadable models
-            raise ConfigError(f"{path}: ONNX Runtime cannot load the model: {e}") from e
-        self._check_signature(config, path)
+            try:
+                self._session = ort.InferenceSession(str(path), sess_options=so,
+                                                     providers=onnx_providers(device, providers))
+            except Exception as e:  # ORT raises its own exception classes for unreadable models
+                raise ConfigError(f"{path}: ONNX Runtime cannot load the model: {e}") from e
+            self._check_signature(config, path)
+        except BaseException:
+            self._held.release()  # not loaded: the pool must not keep counting it
+            raise
         self._inputs = [(s.name, to_numpy(s.datatype)) for s in config.inputs]
         self._outputs = [s.name for s in config.outputs]
 
@@ -79,4 +87,5 @@ class OnnxRuntime:
         return dict(zip(self._outputs, results, strict=True))
 
     def close(self) -> None:
+        self._held.release()
         del self._session

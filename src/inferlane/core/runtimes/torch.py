@@ -37,7 +37,7 @@ from inferlane.core.cpus import ThreadPlan
 from inferlane.core.errors import ConfigError, ModelError, OutOfMemory
 from inferlane.core.plugins import import_file
 from inferlane.core.runtimes.base import Batch
-from inferlane.core.runtimes.devices import check_fits, device_index, report, resolve_device
+from inferlane.core.runtimes.devices import device_index, report, reserve, resolve_device
 from inferlane.core.spec import ModelConfig, TorchOptions
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,16 @@ class TorchRuntime:
             raise ConfigError(f"{path}: device {self._device}: torch sees "
                               f"{torch.cuda.device_count()} CUDA device(s) (torch {torch.__version__})")
         free = torch.cuda.mem_get_info(self._device)[0] if cuda else None
-        check_fits(config, path, str(self._device), path.stat().st_size, "artifact size, before loading", free)
+        self._held = reserve(config, path, str(self._device), path.stat().st_size, "artifact size, before loading",
+                             free)
+        try:
+            self._load(config, opts, path, cuda)
+        except BaseException:
+            self._held.release()  # not loaded: the pool must not keep counting it
+            raise
+
+    def _load(self, config: ModelConfig, opts: TorchOptions, path: Path, cuda: bool) -> None:
+        torch = self._torch
         before = torch.cuda.memory_allocated(self._device) if cuda else 0
         kind = artifact_kind(opts, path)
         model, names = {"torchscript": self._torchscript, "export": self._export,
@@ -98,9 +107,9 @@ class TorchRuntime:
         try:
             if cuda:
                 report(config, path, str(self._device), torch.cuda.memory_allocated(self._device) - before,
-                       "CUDA memory allocated while loading")
+                       "CUDA memory allocated while loading", self._held)
             else:
-                report(config, path, "cpu", _tensor_bytes(model), "parameters and buffers")
+                report(config, path, "cpu", _tensor_bytes(model), "parameters and buffers", self._held)
         except ConfigError:
             del model  # over the budget: give the device memory back before the refusal propagates
             if cuda:
@@ -237,6 +246,7 @@ class TorchRuntime:
         return {name: t.detach().cpu().numpy() for name, t in zip(self._outputs, items, strict=True)}
 
     def close(self) -> None:
+        self._held.release()
         self._fn = None
         if self._device.type == "cuda":
             self._torch.cuda.empty_cache()

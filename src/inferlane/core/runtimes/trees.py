@@ -40,14 +40,21 @@ class TreeRuntime:
                               "save it natively: booster.save_model('model.ubj') for XGBoost, "
                               "booster.save_model('model.txt') for LightGBM")
         opts = config.trees or TreeOptions()
-        threads = opts.threads or plan.threads
-        report(config, path, "cpu", path.stat().st_size, "artifact size")
+        device = resolve_device(config.device, _no_cuda)
+        if config.runtime == "lightgbm" and device != "cpu":
+            raise ConfigError(f"{path}: device {config.device}: runtime lightgbm runs on CPU only here "
+                              "(its CUDA build is a separate compile); use device: cpu")
+        self._held = report(config, path, device, path.stat().st_size, "artifact size")
+        try:
+            self._load(config, opts, path, device, opts.threads or plan.threads)
+        except BaseException:
+            self._held.release()  # not loaded: the pool must not keep counting it
+            raise
+
+    def _load(self, config: ModelConfig, opts: TreeOptions, path: Path, device: str, threads: int) -> None:
         if config.runtime == "xgboost":
-            self._predict, features, self._classes = _xgboost(path, threads, resolve_device(config.device, _no_cuda))
+            self._predict, features, self._classes = _xgboost(path, threads, device)
         else:
-            if resolve_device(config.device, _no_cuda) != "cpu":
-                raise ConfigError(f"{path}: device {config.device}: runtime lightgbm runs on CPU only here "
-                                  "(its CUDA build is a separate compile); use device: cpu")
             self._predict, features, self._classes = _lightgbm(path, threads)
         spec = config.inputs[0]
         if spec.row_shape != (features,):
@@ -87,6 +94,7 @@ class TreeRuntime:
         return out
 
     def close(self) -> None:
+        self._held.release()
         self._predict = _closed
 
 
