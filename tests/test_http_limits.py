@@ -4,6 +4,7 @@ sends its whole body before reading (transport/http/protocol.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import time
@@ -17,6 +18,7 @@ import orjson
 import pytest
 
 from inferlane.testing import serve
+from inferlane.transport.http.protocol import _Joined
 from tests.conftest import Server, _serve
 from tests.test_http_hostile import INFER, LIMIT, PREDICT, RawResponse, _parse, error, raw, request_head, v2
 
@@ -175,3 +177,72 @@ def test_docs_load_swagger_ui_pinned_with_integrity(server: Server) -> None:
         assert re.search(r"@\d+\.\d+\.\d+/", tag), tag  # one exact release, not "@5"
         assert re.search(r'integrity="sha384-[A-Za-z0-9+/]{64}"', tag), tag
         assert 'crossorigin="anonymous"' in tag, tag
+
+
+def test_pipelined_keep_alive_answers_come_whole_and_in_order(server: Server) -> None:
+    """Keep-alive answers go out as one write each (protocol.py ``_Joined``): several requests sent
+    at once on one connection, a HEAD among them (a head with no body), get every answer, in order."""
+    body = v2()
+
+    def head(method: str, path: str, *extra: str, close: bool = False) -> bytes:
+        lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *extra]
+        if close:
+            lines.append("Connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    infer = head("POST", INFER, "Content-Type: application/json", f"Content-Length: {len(body)}") + body
+    parts = [infer, head("HEAD", "/v2/health/ready"), infer, head("GET", "/v2/models/nope"),
+             head("GET", "/v2/health/live", close=True)]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as s:
+        s.sendall(b"".join(parts))
+        buf = b""
+        while chunk := s.recv(65536):
+            buf += chunk
+    statuses: list[int] = []
+    while buf:
+        if len(statuses) == 1:  # the HEAD answer: headers only, whatever its content-length says
+            head_only, _, buf = buf.partition(b"\r\n\r\n")
+            statuses.append(int(head_only.split()[1]))
+            continue
+        response, used = _parse(buf)
+        assert response is not None, buf[:300]
+        statuses.append(response.status_code)
+        buf = buf[used:]
+    assert statuses == [200, 200, 200, 404, 200]
+
+
+def test_joined_writes_go_out_as_one_and_nothing_waits_past_the_turn() -> None:
+    """Pure logic of the write joining, with a recording transport."""
+    class Recording(asyncio.Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list[bytes] = []
+            self.closed = False
+
+        def write(self, data: bytes | bytearray | memoryview) -> None:
+            self.writes.append(bytes(data))
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def close(self) -> None:
+            self.closed = True
+
+    async def scenario() -> list[list[bytes]]:
+        t = Recording()
+        joined = _Joined(t, asyncio.get_running_loop())
+        seen = []
+        joined.write(b"head")
+        joined.write(b"body")
+        seen.append(list(t.writes))  # head and body: one write, at once
+        joined.write(b"lone head")
+        seen.append(list(t.writes))  # held for this turn only
+        await asyncio.sleep(0)
+        seen.append(list(t.writes))
+        joined.write(b"last")
+        joined.close()
+        seen.append(list(t.writes))  # closing sends what is held first
+        return [*seen, [b"closed" if t.closed else b"open"]]
+
+    assert asyncio.run(scenario()) == [[b"headbody"], [b"headbody"], [b"headbody", b"lone head"],
+                                       [b"headbody", b"lone head", b"last"], [b"closed"]]

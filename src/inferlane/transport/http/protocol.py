@@ -97,6 +97,45 @@ class _CloseGracefully(asyncio.Transport):
             self._transport.close()
 
 
+class _Joined:
+    """The transport a keep-alive request's answer goes to: what is written within one turn of the
+    event loop goes out in one write. uvicorn writes the status line and headers, then the body,
+    each with its own send (two TCP segments); joined, an answer is one system call and one segment.
+    Nothing waits past the turn: the first write schedules the flush."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes | bytearray | memoryview] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if not held:
+            held.append(data)
+            self._loop.call_soon(self.flush)
+            return
+        held.append(data)
+        if len(held) == 2:  # the head and the body: out at once, as one
+            self.flush()
+
+    def flush(self) -> None:
+        held = self._held
+        if held:
+            data = held[0] if len(held) == 1 else b"".join(held)
+            held.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's HttpToolsProtocol with header limits, header and body deadlines, a connection
     cap and graceful closes (module docstring)."""
@@ -118,6 +157,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._over_cap = False
         self._lingering = False
         self._drained = 0
+        self._joined: _Joined | None = None
         # What the last tick saw, and since when.
         self._seen_message = self._seen_received = 0
         self._message_since = self._received_since = 0.0
@@ -192,8 +232,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                                      "(INFERLANE_MAX_CONNECTIONS); retry later",
                                 ((b"retry-after", b"1"),)))
         super().on_headers_complete()
-        if self.cycle is not None and self.cycle.scope is self.scope and not self.cycle.keep_alive:
-            self.cycle.transport = _CloseGracefully(self)
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:
+            if not cycle.keep_alive:
+                cycle.transport = _CloseGracefully(self)
+            else:
+                if self._joined is None:
+                    self._joined = _Joined(self.transport, self.loop)
+                cycle.transport = self._joined  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._message_open = False
@@ -219,6 +265,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, error: _Refused) -> None:
         if self.transport.is_closing() or self._lingering:
             return
+        if self._joined is not None:
+            self._joined.flush()  # an answer held for this turn goes first
         self.transport.write(answer(error.status, error.message, error.headers))
         self.linger()
 
@@ -228,6 +276,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._lingering or self.transport.is_closing():
             return
         self._lingering = True
+        if self._joined is not None:
+            self._joined.flush()
         self._unset_keepalive_if_required()
         self.flow.resume_reading()
         if self.transport.can_write_eof():
