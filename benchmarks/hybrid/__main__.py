@@ -32,7 +32,15 @@ from benchmarks.hybrid.rig import MODELS, write_bodies, write_repository
 from benchmarks.online.machine import others_cpu, wait_quiet
 from benchmarks.rollout.load import LoadBroke
 from benchmarks.rollout.rig import Cores
-from inferlane.testing import ServiceError, all_cpu_seconds, log_tail, redis_process, serve
+from inferlane.testing import (
+    ServiceError,
+    all_cpu_seconds,
+    log_tail,
+    redis_process,
+    serve,
+    start_py_spy,
+    summarize_py_spy,
+)
 
 log = logger("hybrid-bench")
 
@@ -49,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--server-core", type=int, default=1, help="core the server runs on (default 1)")
     p.add_argument("--client-core", type=int, default=0,
                    help="core of the load client, Redis and this process (default 0)")
+    p.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
+                   help="record the server with py-spy (raw stacks into DIR) during the hit phases at the highest "
+                        "rate and print where its time goes; py-spy runs on the client core")
     args = p.parse_args(argv)
     args.rows = args.rows or (20_000 if args.quick else 500_000)
     args.phase = args.phase or (0.75 if args.quick else 10.0)
@@ -86,8 +97,15 @@ def run(args: argparse.Namespace, work: Path, cores: Cores) -> tuple[list[Precom
             for store in ("sqlite", "redis"):
                 for rate in args.rates:
                     for kind in ("hit", "live"):
+                        spy = None
+                        if args.py_spy is not None and kind == "hit" and rate == max(args.rates):
+                            args.py_spy.mkdir(parents=True, exist_ok=True)
+                            spy = start_py_spy(server.proc.pid, args.py_spy / f"{store}-hit.txt",
+                                               duration_s=int(args.warm + args.phase), prefix=cores.client_prefix)
                         phase = run_phase(server, MODELS[store], store, kind, bodies[kind], rate, args.warm,
                                           args.phase, work / f"{store}-{rate:.0f}-{kind}.json", cores.client_prefix)
+                        if spy is not None:
+                            spy.wait()
                         log(f"{store} {kind} at {rate:,.0f}/s: {phase.achieved:,.0f}/s answered, p50 "
                             f"{phase.p50_ms:.2f} ms, p99 {phase.p99_ms:.2f} ms, server CPU {phase.cpu_us:.0f} us "
                             f"per answer, {phase.failed} failed"
@@ -116,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     print(precompute_table(runs))
     print()
     print(targets_table(phases, runs))
+    if args.py_spy is not None:
+        for prof in sorted(args.py_spy.glob("*-hit.txt")):
+            print(f"\npy-spy, {prof.stem} at {max(args.rates):,.0f}/s:")
+            print("\n".join("  " + line for line in summarize_py_spy(prof, top=25)))
     print(f"\ncommand: {command_line()}")
     print(f"{source_state()}; {args.rows:,} rows; phases {args.warm:g} s warm-up + {args.phase:g} s measured; "
           f"server on core {cores.server}, load client and Redis on core {cores.client}")
