@@ -23,11 +23,12 @@ serving instead of running the device out of memory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,16 @@ class Reservation:
     def release(self) -> None:
         """Give the bytes back; a second call does nothing (a runtime may be closed twice)."""
         self._pool.release(self)
+
+    @contextlib.contextmanager
+    def while_loading(self) -> Iterator[None]:
+        """Around a runtime's load: a load that fails gives the bytes back (the version is not loaded,
+        the pool must not keep counting it); one that succeeds keeps them until ``close()``."""
+        try:
+            yield
+        except BaseException:
+            self.release()
+            raise
 
 
 class DevicePool:

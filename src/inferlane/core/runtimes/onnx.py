@@ -44,16 +44,13 @@ class OnnxRuntime:
         # ONNX Runtime reports no per-session memory: the artifact's size is the figure reserved.
         self._held = report(config, path, device, path.stat().st_size,
                             "artifact size; ONNX Runtime reports no session memory")
-        try:
+        with self._held.while_loading():
             try:
                 self._session = ort.InferenceSession(str(path), sess_options=so,
                                                      providers=onnx_providers(device, providers))
             except Exception as e:  # ORT raises its own exception classes for unreadable models
                 raise ConfigError(f"{path}: ONNX Runtime cannot load the model: {e}") from e
             self._check_signature(config, path)
-        except BaseException:
-            self._held.release()  # not loaded: the pool must not keep counting it
-            raise
         self._inputs = [(s.name, to_numpy(s.datatype)) for s in config.inputs]
         self._outputs = [s.name for s in config.outputs]
 

@@ -92,11 +92,8 @@ class TorchRuntime:
         free = torch.cuda.mem_get_info(self._device)[0] if cuda else None
         self._held = reserve(config, path, str(self._device), path.stat().st_size, "artifact size, before loading",
                              free)
-        try:
+        with self._held.while_loading():
             self._load(config, opts, path, cuda)
-        except BaseException:
-            self._held.release()  # not loaded: the pool must not keep counting it
-            raise
 
     def _load(self, config: ModelConfig, opts: TorchOptions, path: Path, cuda: bool) -> None:
         torch = self._torch

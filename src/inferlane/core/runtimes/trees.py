@@ -45,11 +45,8 @@ class TreeRuntime:
             raise ConfigError(f"{path}: device {config.device}: runtime lightgbm runs on CPU only here "
                               "(its CUDA build is a separate compile); use device: cpu")
         self._held = report(config, path, device, path.stat().st_size, "artifact size")
-        try:
+        with self._held.while_loading():
             self._load(config, opts, path, device, opts.threads or plan.threads)
-        except BaseException:
-            self._held.release()  # not loaded: the pool must not keep counting it
-            raise
 
     def _load(self, config: ModelConfig, opts: TreeOptions, path: Path, device: str, threads: int) -> None:
         if config.runtime == "xgboost":
