@@ -12,8 +12,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 
@@ -211,6 +213,65 @@ def test_pipelined_keep_alive_answers_come_whole_and_in_order(server: Server) ->
     assert statuses == [200, 200, 200, 404, 200]
 
 
+def _raw_exchange(server: Server, data: bytes) -> list[RawResponse]:
+    """Send ``data`` at once on one connection; every response until the server closes it."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as s:
+        s.sendall(data)
+        buf = b""
+        while chunk := s.recv(65536):
+            buf += chunk
+    answers = []
+    while buf:
+        response, used = _parse(buf)
+        assert response is not None, buf[:300]
+        answers.append(response)
+        buf = buf[used:]
+    return answers
+
+
+def _post(path: str, body: bytes, *extra: str, version: str = "1.1") -> bytes:
+    lines = [f"POST {path} HTTP/{version}", "Host: 127.0.0.1", "Content-Type: application/json", *extra]
+    if not any(e.lower().startswith("transfer-encoding") for e in extra):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def test_pipelined_requests_behind_a_direct_answer_wait_their_turn_with_their_own_outputs(server: Server) -> None:
+    """Infer requests skip ASGI (protocol.py ``_take_direct``); one still in the model holds the
+    requests pipelined behind it: a slow request (50 ms in its model), then two fast ones with
+    different rows and a GET, sent at once, are answered in that order, each with its own output."""
+    slow = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
+    rows = [np.linspace(-1, 1, 30, dtype=np.float32), np.linspace(1, -1, 30, dtype=np.float32)]
+    bodies = [orjson.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 30],
+                                        "data": row.tolist()}]}) for row in rows]
+    with httpx.Client(base_url=server.url, timeout=20) as c:  # each alone, for comparison
+        alone = [orjson.loads(c.post(INFER, content=b).content)["outputs"] for b in bodies]
+    assert alone[0] != alone[1]
+    data = (_post("/v2/models/slow/infer", slow) + _post(INFER, bodies[0]) + _post(INFER, bodies[1])
+            + b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    answers = _raw_exchange(server, data)
+    assert [a.status_code for a in answers] == [200, 200, 200, 200]
+    assert orjson.loads(answers[0].content)["outputs"][0]["data"] == [2, 4, 6, 8]  # the slow model doubles
+    assert [orjson.loads(a.content)["outputs"] for a in answers[1:3]] == alone
+    assert orjson.loads(answers[3].content) == {"live": True}
+
+
+@pytest.mark.parametrize("how", ["http/1.0", "chunked", "connection: close"])
+def test_infer_requests_the_direct_path_leaves_to_asgi_are_answered_the_same(server: Server, how: str) -> None:
+    body = v2()
+    if how == "http/1.0":
+        data = _post(INFER, body, version="1.0")
+    elif how == "chunked":
+        data = _post(INFER, b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body), "Transfer-Encoding: chunked",
+                     "Connection: close")
+    else:
+        data = _post(INFER, body, "Connection: close")
+    (answer,) = _raw_exchange(server, data)
+    assert answer.status_code == 200, answer.content[:300]
+    with httpx.Client(base_url=server.url, timeout=20) as c:
+        assert orjson.loads(answer.content)["outputs"] == orjson.loads(c.post(INFER, content=body).content)["outputs"]
+
+
 def test_joined_writes_go_out_as_one_and_nothing_waits_past_the_turn() -> None:
     """Pure logic of the write joining, with a recording transport."""
     class Recording(asyncio.Transport):
@@ -246,3 +307,107 @@ def test_joined_writes_go_out_as_one_and_nothing_waits_past_the_turn() -> None:
 
     assert asyncio.run(scenario()) == [[b"headbody"], [b"headbody"], [b"headbody", b"lone head"],
                                        [b"headbody", b"lone head", b"last"], [b"closed"]]
+
+
+class _Transport(asyncio.Transport):
+    """A transport that records what is written (unit tests of the protocol)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = b""
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.out += bytes(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 8000) if name in ("sockname", "peername") else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class _EchoApp:
+    """Echoes the body: infer paths with bodies up to 100 bytes directly, the rest through ASGI."""
+
+    def __init__(self) -> None:
+        self.direct: list[tuple[str, bytes]] = []
+        self.asgi: list[str] = []
+
+    def direct_target(self, path: str, length: int) -> object | None:
+        return path if path.endswith("/infer") and length <= 100 else None
+
+    async def serve_direct(self, target: object, path: str, headers: list[tuple[bytes, bytes]],
+                           body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        self.direct.append((path, body))
+        return 200, [(b"content-length", b"%d" % len(body))], body
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        message = await receive()
+        self.asgi.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"%d" % len(message["body"]))]})
+        await send({"type": "http.response.body", "body": message["body"]})
+
+
+def _protocol(app: _EchoApp, **config: Any) -> tuple[Any, _Transport]:
+    from uvicorn.server import ServerState
+
+    from inferlane.transport.http.protocol import ConnectionLimits, GuardedConfig, GuardedHttpToolsProtocol
+
+    options = {"interface": "asgi3", "lifespan": "off", "log_level": "error", "proxy_headers": False, **config}
+    protocol = GuardedHttpToolsProtocol(GuardedConfig(app, limits=ConnectionLimits(), **options), ServerState(), {},
+                                        asyncio.get_running_loop())
+    transport = _Transport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+def _raw_post(path: str, body: bytes, *extra: str, version: str = "1.1") -> bytes:
+    lines = [f"POST {path} HTTP/{version}", "Host: x", f"Content-Length: {len(body)}", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def test_the_protocol_answers_infer_posts_directly_and_everything_else_through_asgi() -> None:
+    """Pure logic of the choice (protocol.py ``_take_direct``), with a recording transport and app."""
+    async def scenario() -> tuple[_EchoApp, bytes]:
+        app = _EchoApp()
+        protocol, transport = _protocol(app)
+        for data in (_raw_post("/m/infer", b"one"), _raw_post("/m/other", b"two"), _raw_post("/m/infer", b"x" * 101),
+                     _raw_post("/m/infer", b"three", "Expect: 100-continue"),
+                     _raw_post("/m/infer", b"four", version="1.0")):
+            protocol.data_received(data)
+            for _ in range(20):
+                await asyncio.sleep(0)
+        protocol.connection_lost(None)
+        return app, transport.out
+
+    app, out = asyncio.run(scenario())
+    assert app.direct == [("/m/infer", b"one")]
+    assert app.asgi == ["/m/other", "/m/infer", "/m/infer", "/m/infer"]
+    assert out.count(b"HTTP/1.1 200 OK") == 5 and out.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_a_connection_left_idle_after_a_direct_answer_closes_at_the_keep_alive_timeout() -> None:
+    async def scenario() -> list[bool]:
+        protocol, transport = _protocol(_EchoApp(), timeout_keep_alive=0.2)
+        protocol.data_received(_raw_post("/m/infer", b"one"))
+        seen = []
+        for wait in (0.1, 0.1, 0.3):  # answered and open; a request keeps it open; idle past 0.2 s closes it
+            await asyncio.sleep(wait)
+            seen.append(transport.closed)
+            if len(seen) == 1:
+                protocol.data_received(_raw_post("/m/infer", b"two"))
+        protocol.connection_lost(None)
+        return [transport.out.count(b"200 OK") == 2, *seen]
+
+    assert asyncio.run(scenario()) == [True, False, False, True]

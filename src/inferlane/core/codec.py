@@ -124,6 +124,11 @@ MAX_PARAMETER_DEPTH = 32
 
 
 def _check_depth(params: dict[str, Any], where: str) -> None:
+    for v in params.values():
+        if isinstance(v, dict | list):
+            break
+    else:
+        return  # flat, as parameters nearly always are
     stack: list[tuple[Any, int]] = [(params, 1)]
     while stack:
         v, depth = stack.pop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -38,12 +38,14 @@ from inferlane.transport.http.infer import (
     hidden_error,
     keyed_headers,
     match,
+    match_path,
     send_parts,
     server_timing,
     timeout_s,
 )
 from inferlane.transport.http.jobs import job_routes
 from inferlane.transport.http.openapi import openapi_document, swagger_html
+from inferlane.transport.http.protocol import Headers, Parts
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,23 @@ class FastInferApp:
         self.state = app.state
         self._infer = infer
         self._hosts = infer.hosts
+        self._entries = infer.lane.registry.entries
+
+    def direct_target(self, path: str, length: int) -> tuple[str, str | None] | None:
+        """The (model, version) of an infer request the HTTP protocol may answer without ASGI
+        (transport/http/protocol.py): a known model whose limit the body fits, else None (ASGI answers,
+        with its 404 or its 413 before the body is read)."""
+        target = match_path(path)
+        if target is None:
+            return None
+        entry = self._entries.get(target[0])
+        if entry is None or length > entry.config.limits.max_request_bytes:
+            return None
+        return target
+
+    def serve_direct(self, target: object, path: str, headers: Headers, body: bytes) -> Awaitable[Parts]:
+        name, version = cast(tuple[str, str | None], target)
+        return self._infer.answer(name, version, path, headers, body)
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # NOTE: not a coroutine itself: it hands back the handler's, one frame less on every resume.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -39,8 +40,13 @@ def header_int(request: Request, name: str) -> int | None:
 def scope_headers(scope: Scope, names: frozenset[bytes]) -> dict[bytes, str]:
     """The values of ``names`` (lower-case) among the request's headers, in one pass (the last of
     repeated ones wins, as Starlette does)."""
+    return wanted_headers(scope["headers"], names)
+
+
+def wanted_headers(headers: Iterable[tuple[bytes, bytes]], names: frozenset[bytes]) -> dict[bytes, str]:
+    """:func:`scope_headers` on the raw header list."""
     found: dict[bytes, str] = {}
-    for key, value in scope["headers"]:
+    for key, value in headers:
         if key in names:
             found[key] = value.decode("latin-1")
     return found
@@ -93,10 +99,16 @@ async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> by
     return await receive_body(request.receive, header_int(request, "content-length"), limit, timeout_s)
 
 
+def check_body_length(length: int, limit: int) -> None:
+    """PayloadTooLarge when a ``length``-byte body (announced or read) exceeds ``limit``."""
+    if length > limit:
+        raise PayloadTooLarge(f"body of {length} bytes exceeds the model's limit of {limit} bytes")
+
+
 async def receive_body(receive: Receive, length: int | None, limit: int, timeout_s: float = 30.0) -> bytes:
     """:func:`read_body` on the raw ASGI ``receive`` (the inference hot path has no Request object)."""
-    if length is not None and length > limit:
-        raise PayloadTooLarge(f"body of {length} bytes exceeds the model's limit of {limit} bytes")
+    if length is not None:
+        check_body_length(length, limit)
     # Fast path: a small body arrives whole in the first ASGI message (no timer, no generator).
     message = await receive()
     if message["type"] == "http.request" and not message.get("more_body", False):

@@ -24,7 +24,8 @@ from inferlane.core.batcher import Prediction
 from inferlane.core.errors import InferlaneError, InvalidInput, ModelError, QueueFull
 from inferlane.lanes.online import OnlineLane, OnlineResult
 from inferlane.lanes.online.hybrid import KeyedLane, KeyedResult, route_request
-from inferlane.transport.http.body import check_host, int_header, receive_body, scope_headers
+from inferlane.transport.http.body import check_body_length, check_host, int_header, receive_body, wanted_headers
+from inferlane.transport.http.protocol import Headers, Parts
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,6 @@ _WANTED = frozenset({_CONTENT_LENGTH, _HEADER_LENGTH, _TIMEOUT, _ROUTING_KEY, _H
 _JSON_TYPE = (b"content-type", b"application/json")
 _BINARY_TYPE = (b"content-type", b"application/octet-stream")
 _MILLISECONDS = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
-
-Parts = tuple[int, list[tuple[bytes, bytes]], bytes]
-"""(status, headers, body) of an answer."""
-
 
 def timeout_s(header: str | None, parameters: dict[str, Any]) -> float | None:
     """Header ``inferlane-timeout-ms`` (milliseconds) or parameter ``timeout`` (microseconds,
@@ -125,7 +122,11 @@ def match(scope: Scope) -> tuple[str, str | None] | None:
     """(model, version) when ``scope`` is a POST to an infer route, else None."""
     if scope["type"] != "http" or scope["method"] != "POST":
         return None
-    path: str = scope["path"]
+    return match_path(scope["path"])
+
+
+def match_path(path: str) -> tuple[str, str | None] | None:
+    """(model, version) when ``path`` is an infer route, else None."""
     if not (path.startswith("/v2/models/") and path.endswith("/infer")):
         return None
     parts = path[len("/v2/models/"):-len("/infer")].split("/")
@@ -149,19 +150,36 @@ class InferRoute:
         """Host header names answered (None: any); see body.loopback_hosts."""
 
     async def parts(self, name: str, version: str | None, scope: Scope, receive: Receive) -> Parts:
+        """The answer to a request that came through ASGI (InferlaneError raised)."""
+        return await self._traced(name, version, scope["path"], scope["headers"], receive, b"")
+
+    async def answer(self, name: str, version: str | None, path: str, headers: Headers, body: bytes) -> Parts:
+        """The answer to a request the HTTP protocol read whole itself (transport/http/protocol.py); every
+        error is an answer."""
+        try:
+            return await self._traced(name, version, path, headers, None, body)
+        except InferlaneError as e:
+            return error_parts(e)
+        except Exception as e:
+            log.exception("unexpected error on POST %s", path[:200])
+            return error_parts(InferlaneError(hidden_error("internal error", repr(e))))
+
+    async def _traced(self, name: str, version: str | None, path: str, raw_headers: Headers,
+                      receive: Receive | None, body: bytes) -> Parts:
         if not tracing.on():
-            return await self._parts(name, version, scope, receive, None)
+            return await self._parts(name, version, raw_headers, receive, body, None)
         spans = _Traced()
         start = time.time_ns()
-        answer = await self._parts(name, version, scope, receive, spans)
-        status, _, body = answer
-        _trace(scope, name, start, status, body, spans)
+        answer = await self._parts(name, version, raw_headers, receive, body, spans)
+        status, _, out = answer
+        _trace(path, name, start, status, out, spans)
         return answer
 
-    async def _parts(self, name: str, version: str | None, scope: Scope, receive: Receive,
-                     spans: _Traced | None) -> Parts:
-        """The answer; with traces on, ``spans`` gets the headers, version, lane and prediction to record."""
-        headers = scope_headers(scope, _WANTED)
+    async def _parts(self, name: str, version: str | None, raw_headers: Headers, receive: Receive | None,
+                     body: bytes, spans: _Traced | None) -> Parts:
+        """The answer; the body is read from ``receive``, or is ``body`` when ``receive`` is None. With
+        traces on, ``spans`` gets the headers, version, lane and prediction to record."""
+        headers = wanted_headers(raw_headers, _WANTED)
         if spans is not None:
             spans.headers = headers
         if self.hosts is not None:
@@ -172,7 +190,10 @@ class InferRoute:
         try:
             limits = mv.config.limits
             length = int_header(headers.get(_CONTENT_LENGTH), "content-length")
-            body = await receive_body(receive, length, limits.max_request_bytes, self.body_timeout_s)
+            if receive is None:
+                check_body_length(len(body), limits.max_request_bytes)
+            else:
+                body = await receive_body(receive, length, limits.max_request_bytes, self.body_timeout_s)
             req = codec.parse_infer_request(body, int_header(headers.get(_HEADER_LENGTH), codec.HEADER_LENGTH),
                                             limits.max_elements_per_input)
             routing = route_request(self.lane, self.keyed is not None, mv, req.inputs, req.parameters,
@@ -234,11 +255,11 @@ class _Traced:
         self.version, self.lane, self.prediction = version, lane, prediction
 
 
-def _trace(scope: Scope, name: str, start_ns: int, status: int, body: bytes, spans: _Traced) -> None:
+def _trace(path: str, name: str, start_ns: int, status: int, body: bytes, spans: _Traced) -> None:
     """The request as a span under the caller's ``traceparent``, with its queue and forward spans."""
     end = time.time_ns()
     prediction = spans.prediction
-    attributes: dict[str, object] = {"http.request.method": "POST", "url.path": scope["path"],
+    attributes: dict[str, object] = {"http.request.method": "POST", "url.path": path,
                                      "http.response.status_code": status, "inferlane.model": name,
                                      "inferlane.lane": spans.lane}
     if spans.version is not None:

@@ -16,21 +16,51 @@ them, and closes the connection at once after answering a request whose body it 
   what the client still sends is read and dropped (up to ``drain_max_bytes``, until the client
   closes or stalls), so a client that sends its whole body before reading still reads the answer.
 
-NOTE: one timer per connection checks the deadlines (every quarter of the shorter timeout, so a
-deadline fires between 1 and 1.25 times its value after it starts); the request path itself adds no timer.
+Inference requests skip ASGI: a keep-alive ``POST`` whose body fits the model's limit goes straight
+from the parser to the application's :class:`DirectApp` handler, and its answer is written as one
+block (see :class:`GuardedHttpToolsProtocol`). Every other request, and any request while one is
+answered, takes uvicorn's ASGI cycle; the order of answers on a connection is kept either way.
+
+NOTE: one timer per connection checks the deadlines (every quarter of the shortest of the header,
+body and keep-alive timeouts, so a deadline fires between 1 and 1.25 times its value after it
+starts), the keep-alive one after a direct answer included; the direct path itself adds no timer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import http
+import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[bytes, bytes]]
+Parts = tuple[int, Headers, bytes]
+"""(status, headers, body) of an answer."""
+
+DIRECT_MAX_BODY = 1 << 20
+"""The largest body read by the protocol itself for a direct request; larger ones go through ASGI,
+which refuses a body over the model's limit before reading it."""
+
+
+@runtime_checkable
+class DirectApp(Protocol):
+    """An application some requests of which are answered without ASGI (transport/http/app.py)."""
+
+    def direct_target(self, path: str, length: int) -> object | None:
+        """What ``serve_direct`` needs for a keep-alive ``POST path`` with a ``length``-byte body,
+        or None to answer it through ASGI."""
+
+    def serve_direct(self, target: object, path: str, headers: Headers, body: bytes) -> Awaitable[Parts]:
+        """The whole answer; never raises (an error is an answer)."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +166,17 @@ class _Joined:
         self._transport.close()
 
 
+class _Direct:
+    """A request answered without ASGI: its target, path and headers, and its body as it comes."""
+
+    __slots__ = ("chunks", "headers", "path", "read", "target")
+
+    def __init__(self, target: object, path: str, headers: Headers) -> None:
+        self.target, self.path, self.headers = target, path, headers
+        self.chunks: list[bytes] = []
+        self.read = False  # the whole body is in
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's HttpToolsProtocol with header limits, header and body deadlines, a connection
     cap and graceful closes (module docstring)."""
@@ -145,7 +186,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         limits = getattr(config, "connection_limits", None)
         self.limits = limits if isinstance(limits, ConnectionLimits) else ConnectionLimits()
-        self._tick_s = min(self.limits.header_timeout_s, self.limits.body_timeout_s) / 4
+        self._tick_s = min(self.limits.header_timeout_s, self.limits.body_timeout_s, self.timeout_keep_alive) / 4
         self._timer: asyncio.TimerHandle | None = None
         self._in_head = True          # reading a request line and headers (or waiting for the first)
         self._messages = 0            # requests begun on this connection
@@ -158,6 +199,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._lingering = False
         self._drained = 0
         self._joined: _Joined | None = None
+        app = self.app
+        self._direct_app: DirectApp | None = app if isinstance(app, DirectApp) else None
+        self._direct: _Direct | None = None  # the request being read or answered without ASGI
+        self._close_after_direct = False      # shutdown came while a direct answer was in flight
+        self._idle_since: float | None = None  # when a direct answer left the connection idle
         # What the last tick saw, and since when.
         self._seen_message = self._seen_received = 0
         self._message_since = self._received_since = 0.0
@@ -210,7 +256,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # -- parser callbacks -------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # The ASGI scope is made in on_headers_complete, and only for a request that needs one.
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self._idle_since = None
         self._in_head = True
         self._message_open = True
         self._messages += 1
@@ -231,6 +281,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._stop(_Refused(503, f"the server has its maximum of {limits.max_connections} connections open "
                                      "(INFERLANE_MAX_CONNECTIONS); retry later",
                                 ((b"retry-after", b"1"),)))
+        if self._direct_app is not None and self._take_direct():
+            return
+        headers, url, expect = self.headers, self.url, self.expect_100_continue
+        super().on_message_begin()  # the ASGI scope, with this request's headers
+        self.headers = self.scope["headers"] = headers
+        self.url, self.expect_100_continue = url, expect
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:
@@ -241,9 +297,98 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                     self._joined = _Joined(self.transport, self.loop)
                 cycle.transport = self._joined  # type: ignore[assignment]
 
+    def _take_direct(self) -> bool:
+        """Answer this request without ASGI when it is a keep-alive HTTP/1.1 POST with a
+        Content-Length body, nothing else is in flight on the connection, and the application takes it."""
+        if self._direct is not None or self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+            return False
+        parser = self.parser
+        if self.expect_100_continue or parser.get_method() != b"POST" or not parser.should_keep_alive() \
+                or parser.get_http_version() != "1.1" or parser.should_upgrade():
+            return False
+        url = self.url
+        if url[:1] != b"/" or b"%" in url:
+            return False
+        length = None
+        for name, value in self.headers:
+            if name == b"content-length":
+                if length is not None or not value.isdigit() or len(value) > 8:
+                    return False
+                length = int(value)
+            elif name == b"transfer-encoding":
+                return False
+        if length is None or length > DIRECT_MAX_BODY:
+            return False
+        path = url.partition(b"?")[0].decode("ascii")
+        assert self._direct_app is not None
+        target = self._direct_app.direct_target(path, length)
+        if target is None:
+            return False
+        self._direct = _Direct(target, path, self.headers)
+        return True
+
+    def on_body(self, body: bytes) -> None:
+        direct = self._direct
+        if direct is not None and not direct.read:
+            direct.chunks.append(body)
+            return
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
         self._message_open = False
+        direct = self._direct
+        if direct is not None and not direct.read:
+            direct.read = True
+            task = self.loop.create_task(self._answer_direct(direct))
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
+            return
         super().on_message_complete()
+
+    async def _answer_direct(self, direct: _Direct) -> None:
+        assert self._direct_app is not None
+        try:
+            status, headers, body = await self._direct_app.serve_direct(
+                direct.target, direct.path, direct.headers, b"".join(direct.chunks))
+        except Exception:  # serve_direct answers every error itself; this is a bug, and the client gets a 500
+            log.exception("unexpected error on POST %s", direct.path[:200])
+            status, headers, body = 500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error"
+        finally:
+            self._direct = None
+        transport = self.transport
+        if transport.is_closing():  # the client went away
+            return
+        out = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            out += (name, b": ", value, b"\r\n")
+        for name, value in headers:
+            out += (name, b": ", value, b"\r\n")
+        if self._close_after_direct:
+            out.append(b"connection: close\r\n")
+        out += (b"\r\n", body)
+        transport.write(b"".join(out))
+        if self._close_after_direct:
+            self.server_state.total_requests += 1
+            transport.close()
+        elif self.pipeline:  # requests wait behind this answer: uvicorn starts the next
+            self.on_response_complete()
+        else:
+            # NOTE: the keep-alive deadline is the tick's, not a timer per answer as uvicorn arms.
+            self.server_state.total_requests += 1
+            self._idle_since = self.loop.time()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        if self._direct is not None:  # a pipelined request behind a direct answer waits its turn
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, app))
+            return
+        super()._start_asgi_task(cycle, app)
+
+    def shutdown(self) -> None:
+        if self._direct is not None:  # answer it, then close
+            self._close_after_direct = True
+            return
+        super().shutdown()
 
     def on_response_complete(self) -> None:
         if self._lingering:
@@ -294,13 +439,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._seen_received, self._received_since = self._received, now
         limits, cycle = self.limits, self.cycle
         idle_s = now - self._received_since
-        if self._lingering:
+        if self._idle_since is not None and now - self._idle_since >= self.timeout_keep_alive:
+            self.transport.close()  # idle since a direct answer for the keep-alive timeout
+        elif self._lingering:
             if idle_s >= limits.body_timeout_s:
                 self.transport.close()
         elif self._in_head:
             if now - self._message_since >= limits.header_timeout_s:
                 self._refuse(_Refused(408, "the request headers were not received within "
                                            f"{limits.header_timeout_s:g} s (INFERLANE_HEADER_TIMEOUT_S)"))
+        elif self._direct is not None and not self._direct.read:
+            if idle_s >= limits.body_timeout_s:
+                self._refuse(_Refused(408, f"the body was not received within {limits.body_timeout_s:g} s"))
         elif (cycle is not None and cycle.more_body and not cycle.response_started and not cycle.disconnected
               and not self.flow.read_paused and idle_s >= limits.body_timeout_s):
             # The application waits for a body that does not come: it sees a disconnect.
