@@ -138,3 +138,88 @@ def test_redis_that_stops_answering_times_out_within_a_second(tmp_path: Path) ->
         asyncio.run(main())
     finally:
         server.stop()
+
+
+def test_redis_reads_share_one_pipelined_connection_and_each_call_gets_its_own_values(redis_url: str) -> None:
+    """The serving path's reads (store/kv/redis.py ``_Replies``): calls made at once go out on one
+    connection without waiting for each other, and every reply reaches the call that asked for it."""
+    url = f"{redis_url}?prefix=pipelined{int(time.time() * 1e6)}"
+
+    async def main() -> None:
+        store = open_async_kv(url)
+        try:
+            await store.put_many([(f"k{i}", v) for i, v in enumerate(values(600))])
+            asks = [[f"k{i}", "nope", f"k{599 - i}"] for i in range(200)]
+            got = await asyncio.gather(*(store.get_many(keys) for keys in asks))
+            for i, found in enumerate(got):
+                assert found[1] is None
+                assert [float(decode(v).arrays["y"]) for v in found if v is not None] == [i, 599 - i]
+            many = await store.get_many([f"k{i}" for i in range(600)])  # two MGETs (500 keys each at most)
+            assert [float(decode(v).arrays["y"]) for v in many if v is not None] == list(range(600))
+        finally:
+            await store.aclose()
+
+    asyncio.run(main())
+
+
+def test_redis_reads_log_in_and_select_the_database_of_the_url(redis_url: str) -> None:
+    import redis
+
+    admin = redis.Redis.from_url(redis_url)
+    user = f"reader{int(time.time() * 1e6)}"
+    admin.acl_setuser(user, enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"])
+    base = redis_url.rsplit("/", 1)[0].replace("redis://", f"redis://{user}:s3cret@")
+
+    async def main() -> None:
+        writer = open_async_kv(f"{base}/3?prefix=auth")
+        reader = open_async_kv(f"{base}/3?prefix=auth")
+        elsewhere = open_async_kv(f"{base}/4?prefix=auth")
+        refused = open_async_kv(f"{base.replace('s3cret', 'wrong')}/3?prefix=auth")
+        try:
+            assert await writer.put_many([("k", values(1)[0])]) == 1
+            assert (await reader.get_many(["k"]))[0] is not None
+            assert await elsewhere.get_many(["k"]) == [None]  # another database
+            t0 = time.perf_counter()
+            with pytest.raises(StoreError) as info:
+                await refused.get_many(["k"])
+            assert time.perf_counter() - t0 < 1.5 and "wrong" not in info.value.message
+        finally:
+            for store in (writer, reader, elsewhere, refused):
+                await store.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        admin.acl_deluser(user)
+        admin.close()
+
+
+def test_a_server_that_is_not_redis_is_a_store_error_not_a_hang() -> None:
+    async def main() -> None:
+        accepted: list[asyncio.StreamWriter] = []
+
+        async def not_redis(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(writer)
+            await reader.read(100)
+            writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            await writer.drain()
+            await reader.read(100)  # holds the connection open until the client drops it
+
+        server = await asyncio.start_server(not_redis, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        store = open_async_kv(f"redis://127.0.0.1:{port}/0?prefix=p")
+        try:
+            for _ in range(2):  # and again, on a new connection
+                t0 = time.perf_counter()
+                with pytest.raises(StoreError) as info:
+                    await store.get_many(["k"])
+                assert time.perf_counter() - t0 < 1.5
+                assert "unexpected reply" in info.value.message
+        finally:
+            await store.aclose()
+            for writer in accepted:
+                writer.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())

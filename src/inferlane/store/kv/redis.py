@@ -9,15 +9,24 @@ the same key at once cannot let an older value win. Reads: MGET, chunked, in one
 
 redis-py's hidden retries are off (core/urls.py ``RedisURL.client``): a failure raises StoreError at
 once and core/retry.py, or the caller, decides what to do; the next call reconnects.
+
+The server's reads (``AsyncRedisKV.get_many``, one per gathered group of hybrid lookups) go over
+:class:`_Replies`, one pipelined connection whose replies hiredis parses: about 30 us of CPU per
+MGET here against 117 us through ``redis.asyncio.Redis.mget`` (its connection pool, command
+machinery and stream reader per call). Everything else goes through redis-py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import ssl
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
+import hiredis
 import redis
 import redis.asyncio
 from redis.backoff import NoBackoff
@@ -199,30 +208,126 @@ def async_client(target: RedisURL, *, connect_timeout_s: float = 0.5, timeout_s:
                                socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
 
 
+class _Replies(asyncio.Protocol):
+    """One connection to Redis: commands go out as they come (pipelined), and each reply, parsed by
+    hiredis, completes the oldest waiting future. A lost connection fails every waiting one."""
+
+    def __init__(self) -> None:
+        self._parser = hiredis.Reader()
+        self._waiting: deque[asyncio.Future[Any]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
+
+    def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        try:
+            parser.feed(data)
+            while (reply := parser.gets()) is not False:
+                waiter = self._waiting.popleft()
+                if not waiter.done():
+                    waiter.set_result(reply)
+        except (hiredis.ProtocolError, IndexError) as e:  # not Redis, or a reply nobody asked for
+            self._fail(ConnectionError(f"unexpected reply from Redis: {e!r}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionError("the connection to Redis was closed") if exc is None else exc)
+
+    def _fail(self, exc: Exception) -> None:
+        self.lost = True
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(exc)
+
+    def send(self, *commands: Sequence[Any]) -> list[asyncio.Future[Any]]:
+        """Write ``commands`` at once; a future per reply, in order."""
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        self._waiting.extend(futures)
+        self.transport.write(b"".join(hiredis.pack_command(tuple(c)) for c in commands))
+        return futures
+
+    def close(self) -> None:
+        """Drop the connection now: the next call makes a new one."""
+        self._fail(ConnectionError("the connection to Redis was dropped"))
+        if self.transport is not None:
+            self.transport.abort()
+
+
 class AsyncRedisKV:
     """The Redis store on the event loop: connect within 0.5 s, a command within 1 s, or StoreError;
-    the connection pool reconnects on the next call."""
+    the next call after a failure reconnects."""
 
     remote = True
 
-    def __init__(self, target: RedisURL, prefix: str) -> None:
+    def __init__(self, target: RedisURL, prefix: str, *, connect_timeout_s: float = 0.5,
+                 timeout_s: float = 1.0) -> None:
         self._keys = _Keys(target, prefix)
+        self._target = target
         self.description = self._keys.description
-        self.client = async_client(target)
+        self.client = async_client(target, connect_timeout_s=connect_timeout_s, timeout_s=timeout_s)
+        self._connect_timeout_s = connect_timeout_s
+        self._timeout_s = timeout_s
+        self._replies: _Replies | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    async def _connection(self) -> _Replies:
+        replies = self._replies
+        if replies is not None and not replies.lost:
+            return replies
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:  # one connection, whoever asks first makes it
+            replies = self._replies
+            if replies is not None and not replies.lost:
+                return replies
+            target = self._target
+            context = ssl.create_default_context() if target.tls else None
+            async with asyncio.timeout(self._connect_timeout_s):
+                _, replies = await asyncio.get_running_loop().create_connection(
+                    _Replies, target.host, target.port, ssl=context)
+                hello: list[Sequence[Any]] = []
+                if target.password is not None:
+                    hello.append(("AUTH", target.username, target.password) if target.username
+                                 else ("AUTH", target.password))
+                if target.db:
+                    hello.append(("SELECT", target.db))
+                try:
+                    for reply in await asyncio.gather(*replies.send(*hello)) if hello else ():
+                        if isinstance(reply, hiredis.ReplyError):
+                            raise redis.ConnectionError(str(reply))
+                except BaseException:
+                    replies.close()
+                    raise
+            self._replies = replies
+            return replies
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         names = self._keys.names(keys)
         if not names:
             return []
         try:
-            if len(names) <= CHUNK:
-                return list(await self.client.mget(names))
-            async with self.client.pipeline(transaction=False) as pipe:
-                for chunk in _groups(names, CHUNK):
-                    pipe.mget(chunk)
-                return [v for part in await pipe.execute() for v in part]
-        except (redis.RedisError, OSError) as e:
+            replies = await self._connection()
+            futures = replies.send(*(("MGET", *chunk) for chunk in _groups(names, CHUNK)))
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    found = [await f for f in futures]
+            except TimeoutError:
+                replies.close()  # a late reply must not answer the next call
+                raise
+        except (redis.RedisError, OSError, TimeoutError) as e:
             raise StoreError.of(self.description, e) from e
+        values: list[bytes | None] = []
+        for part in found:
+            if isinstance(part, hiredis.ReplyError):
+                raise StoreError(f"{self.description}: {part}", transient=False)
+            values.extend(part)
+        return values
 
     async def put_many(self, items: Sequence[tuple[str, bytes]], ttl_s: float | None = None) -> int:
         ms = ttl_ms(ttl_s)
@@ -252,4 +357,6 @@ class AsyncRedisKV:
             return list(await pipe.execute(raise_on_error=False))
 
     async def aclose(self) -> None:
+        if self._replies is not None:
+            self._replies.close()
         await self.client.aclose()
