@@ -26,6 +26,7 @@ import pytest
 from inferlane.demo.models import synthetic_transactions
 from inferlane.lanes.batch import BatchJob, run_batch
 from inferlane.testing import exited, wait_until
+from tests.conftest import write_python_model
 
 N_ROWS = 120_000
 SHARD_ROWS = 10_000
@@ -74,6 +75,37 @@ def cli(model_repo: Path, inp: Path, output: str, job_id: str, *extra: str) -> l
             "--input", str(inp), "--output", output, "--key", "id", "--job-id", job_id,
             "--shard-rows", str(SHARD_ROWS), "--batch-size", str(SPEED["batch_size"]),
             "--threads", str(SPEED["threads"]), "--quiet", "--json", *extra]
+
+
+SLOWED_FRAUD = """
+import time
+import numpy as np
+
+class Model:
+    def load(self, version_dir):
+        pass
+
+    def predict(self, batch):
+        time.sleep(0.005)  # 40 calls per shard: a shard takes 0.2 s or more
+        x = batch["features"]
+        p = 1.0 / (1.0 + np.exp(-x[:, :1]))
+        return {"label": (p[:, 0] > 0.5).astype(np.int64),
+                "probabilities": np.concatenate([1.0 - p, p], axis=1).astype(np.float32)}
+"""
+
+
+@pytest.fixture(scope="module")
+def slowed_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``fraud`` with the same signature as a Python model that takes 5 ms per forward pass: a job
+    of N_SHARDS shards lasts seconds, so a signal sent after the first commit lands mid-run on any
+    machine (the ONNX model scores a shard in a few milliseconds)."""
+    repo = tmp_path_factory.mktemp("slowed")
+    write_python_model(repo, "fraud", SLOWED_FRAUD, {
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 30]}],
+        "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]},
+                    {"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}],
+    })
+    return repo
 
 
 def kill_mid_run(cmd: list[str], committed: Callable[[], int], log: Path) -> int:
@@ -300,10 +332,10 @@ def test_postgres_shard_failing_in_its_transaction_leaves_nothing_and_retries_wh
 
 
 @pytest.mark.e2e
-def test_ctrl_c_says_how_far_the_job_got_and_a_rerun_resumes(model_repo: Path, big_input: Path,
+def test_ctrl_c_says_how_far_the_job_got_and_a_rerun_resumes(slowed_repo: Path, big_input: Path,
                                                               tmp_path: Path) -> None:
     out = tmp_path / "out"
-    cmd = cli(model_repo, big_input, str(out), "ctrl-c")
+    cmd = cli(slowed_repo, big_input, str(out), "ctrl-c")
     log = tmp_path / "interrupted.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=tmp_path)
