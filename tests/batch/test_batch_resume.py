@@ -331,6 +331,14 @@ def test_postgres_shard_failing_in_its_transaction_leaves_nothing_and_retries_wh
                      "at": "timestamp with time zone"}
 
 
+def _as_from_a_shell() -> None:
+    """In the child before exec: SIGINT handled and not blocked, as a shell starts a command. A test
+    process may hand down an ignored or blocked SIGINT (a disposition and a mask survive exec), and
+    Python then never raises KeyboardInterrupt: the job would run to its end."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.e2e
 def test_ctrl_c_says_how_far_the_job_got_and_a_rerun_resumes(slowed_repo: Path, big_input: Path,
                                                               tmp_path: Path) -> None:
@@ -338,7 +346,7 @@ def test_ctrl_c_says_how_far_the_job_got_and_a_rerun_resumes(slowed_repo: Path, 
     cmd = cli(slowed_repo, big_input, str(out), "ctrl-c")
     log = tmp_path / "interrupted.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=tmp_path)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=tmp_path, preexec_fn=_as_from_a_shell)
     try:
         wait_until(lambda: manifest_lines(out) >= 1, "a shard is committed", timeout_s=60,
                    abort_if=[exited(proc, log)])
