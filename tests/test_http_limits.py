@@ -213,22 +213,6 @@ def test_pipelined_keep_alive_answers_come_whole_and_in_order(server: Server) ->
     assert statuses == [200, 200, 200, 404, 200]
 
 
-def _raw_exchange(server: Server, data: bytes) -> list[RawResponse]:
-    """Send ``data`` at once on one connection; every response until the server closes it."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as s:
-        s.sendall(data)
-        buf = b""
-        while chunk := s.recv(65536):
-            buf += chunk
-    answers = []
-    while buf:
-        response, used = _parse(buf)
-        assert response is not None, buf[:300]
-        answers.append(response)
-        buf = buf[used:]
-    return answers
-
-
 def _post(path: str, body: bytes, *extra: str, version: str = "1.1") -> bytes:
     lines = [f"POST {path} HTTP/{version}", "Host: 127.0.0.1", "Content-Type: application/json", *extra]
     if not any(e.lower().startswith("transfer-encoding") for e in extra):
@@ -249,7 +233,7 @@ def test_pipelined_requests_behind_a_direct_answer_wait_their_turn_with_their_ow
     assert alone[0] != alone[1]
     data = (_post("/v2/models/slow/infer", slow) + _post(INFER, bodies[0]) + _post(INFER, bodies[1])
             + b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-    answers = _raw_exchange(server, data)
+    answers = raw(server, [data])
     assert [a.status_code for a in answers] == [200, 200, 200, 200]
     assert orjson.loads(answers[0].content)["outputs"][0]["data"] == [2, 4, 6, 8]  # the slow model doubles
     assert [orjson.loads(a.content)["outputs"] for a in answers[1:3]] == alone
@@ -266,31 +250,47 @@ def test_infer_requests_the_direct_path_leaves_to_asgi_are_answered_the_same(ser
                      "Connection: close")
     else:
         data = _post(INFER, body, "Connection: close")
-    (answer,) = _raw_exchange(server, data)
+    (answer,) = raw(server, [data])
     assert answer.status_code == 200, answer.content[:300]
     with httpx.Client(base_url=server.url, timeout=20) as c:
         assert orjson.loads(answer.content)["outputs"] == orjson.loads(c.post(INFER, content=body).content)["outputs"]
 
 
+class _Transport(asyncio.Transport):
+    """A transport that records what is written (unit tests of the protocol)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    @property
+    def out(self) -> bytes:
+        return b"".join(self.writes)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 8000) if name in ("sockname", "peername") else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
 def test_joined_writes_go_out_as_one_and_nothing_waits_past_the_turn() -> None:
     """Pure logic of the write joining, with a recording transport."""
-    class Recording(asyncio.Transport):
-        def __init__(self) -> None:
-            super().__init__()
-            self.writes: list[bytes] = []
-            self.closed = False
-
-        def write(self, data: bytes | bytearray | memoryview) -> None:
-            self.writes.append(bytes(data))
-
-        def is_closing(self) -> bool:
-            return self.closed
-
-        def close(self) -> None:
-            self.closed = True
-
     async def scenario() -> list[list[bytes]]:
-        t = Recording()
+        t = _Transport()
         joined = _Joined(t, asyncio.get_running_loop())
         seen = []
         joined.write(b"head")
@@ -307,33 +307,6 @@ def test_joined_writes_go_out_as_one_and_nothing_waits_past_the_turn() -> None:
 
     assert asyncio.run(scenario()) == [[b"headbody"], [b"headbody"], [b"headbody", b"lone head"],
                                        [b"headbody", b"lone head", b"last"], [b"closed"]]
-
-
-class _Transport(asyncio.Transport):
-    """A transport that records what is written (unit tests of the protocol)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = b""
-        self.closed = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.out += bytes(data)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 8000) if name in ("sockname", "peername") else default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 class _EchoApp:
@@ -372,19 +345,14 @@ def _protocol(app: _EchoApp, **config: Any) -> tuple[Any, _Transport]:
     return protocol, transport
 
 
-def _raw_post(path: str, body: bytes, *extra: str, version: str = "1.1") -> bytes:
-    lines = [f"POST {path} HTTP/{version}", "Host: x", f"Content-Length: {len(body)}", *extra]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
 def test_the_protocol_answers_infer_posts_directly_and_everything_else_through_asgi() -> None:
     """Pure logic of the choice (protocol.py ``_take_direct``), with a recording transport and app."""
     async def scenario() -> tuple[_EchoApp, bytes]:
         app = _EchoApp()
         protocol, transport = _protocol(app)
-        for data in (_raw_post("/m/infer", b"one"), _raw_post("/m/other", b"two"), _raw_post("/m/infer", b"x" * 101),
-                     _raw_post("/m/infer", b"three", "Expect: 100-continue"),
-                     _raw_post("/m/infer", b"four", version="1.0")):
+        for data in (_post("/m/infer", b"one"), _post("/m/other", b"two"), _post("/m/infer", b"x" * 101),
+                     _post("/m/infer", b"three", "Expect: 100-continue"),
+                     _post("/m/infer", b"four", version="1.0")):
             protocol.data_received(data)
             for _ in range(20):
                 await asyncio.sleep(0)
@@ -400,13 +368,13 @@ def test_the_protocol_answers_infer_posts_directly_and_everything_else_through_a
 def test_a_connection_left_idle_after_a_direct_answer_closes_at_the_keep_alive_timeout() -> None:
     async def scenario() -> list[bool]:
         protocol, transport = _protocol(_EchoApp(), timeout_keep_alive=0.2)
-        protocol.data_received(_raw_post("/m/infer", b"one"))
+        protocol.data_received(_post("/m/infer", b"one"))
         seen = []
         for wait in (0.1, 0.1, 0.3):  # answered and open; a request keeps it open; idle past 0.2 s closes it
             await asyncio.sleep(wait)
             seen.append(transport.closed)
             if len(seen) == 1:
-                protocol.data_received(_raw_post("/m/infer", b"two"))
+                protocol.data_received(_post("/m/infer", b"two"))
         protocol.connection_lost(None)
         return [transport.out.count(b"200 OK") == 2, *seen]
 

@@ -153,11 +153,12 @@ class InferRoute:
         """The answer to a request that came through ASGI (InferlaneError raised)."""
         return await self._traced(name, version, scope["path"], scope["headers"], receive, b"")
 
-    async def answer(self, name: str, version: str | None, path: str, headers: Headers, body: bytes) -> Parts:
-        """The answer to a request the HTTP protocol read whole itself (transport/http/protocol.py); every
-        error is an answer."""
+    async def answer(self, name: str, version: str | None, path: str, headers: Headers, body: bytes,
+                     receive: Receive | None = None) -> Parts:
+        """The answer, every error included: to a request the HTTP protocol read whole itself
+        (transport/http/protocol.py), or, with ``receive``, to one whose body ASGI delivers."""
         try:
-            return await self._traced(name, version, path, headers, None, body)
+            return await self._traced(name, version, path, headers, receive, body)
         except InferlaneError as e:
             return error_parts(e)
         except Exception as e:
@@ -189,10 +190,10 @@ class InferRoute:
         mv = registry.get(name, version, key)
         try:
             limits = mv.config.limits
-            length = int_header(headers.get(_CONTENT_LENGTH), "content-length")
-            if receive is None:
+            if receive is None:  # the protocol read it, its Content-Length checked
                 check_body_length(len(body), limits.max_request_bytes)
             else:
+                length = int_header(headers.get(_CONTENT_LENGTH), "content-length")
                 body = await receive_body(receive, length, limits.max_request_bytes, self.body_timeout_s)
             req = codec.parse_infer_request(body, int_header(headers.get(_HEADER_LENGTH), codec.HEADER_LENGTH),
                                             limits.max_elements_per_input)
@@ -232,14 +233,7 @@ class InferRoute:
         return 200, answer, out
 
     async def __call__(self, name: str, version: str | None, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            status, headers, body = await self.parts(name, version, scope, receive)
-        except InferlaneError as e:
-            status, headers, body = error_parts(e)
-        except Exception as e:
-            log.exception("unexpected error on POST %s", scope["path"])
-            status, headers, body = error_parts(InferlaneError(hidden_error("internal error", repr(e))))
-        await send_parts(send, status, headers, body)
+        await send_parts(send, *await self.answer(name, version, scope["path"], scope["headers"], b"", receive))
 
 
 @dataclass(slots=True)
